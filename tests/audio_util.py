@@ -1,0 +1,24 @@
+"""Small signal helpers for the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+
+def read(path: Path) -> np.ndarray:
+    x, sr = sf.read(str(path), dtype="float32")
+    assert sr == 16000
+    return x
+
+
+def rms_dbfs(x: np.ndarray) -> float:
+    return 10 * np.log10(np.mean(np.asarray(x, np.float64) ** 2) + 1e-20)
+
+
+def snr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    ref = np.asarray(ref, np.float64)
+    err = ref - np.asarray(test, np.float64)
+    return 10 * np.log10(np.sum(ref ** 2) / (np.sum(err ** 2) + 1e-30))
