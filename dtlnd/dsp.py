@@ -79,54 +79,50 @@ class RealFFT:
 class SlidingWindow:
     """The 512-sample analysis window, advanced 128 samples per hop.
 
-    The window *is* the FFT's input array, so a hop costs two 1-D copies
+    The window *is* the FFT's input array.  A hop is two 1-D copies on
+    ``views`` = (old, keep, new): ``old[:] = keep`` then ``new[:] = hop``
     (numpy copies overlapping same-direction 1-D ranges without a temporary).
     """
 
     def __init__(self, window: np.ndarray) -> None:
         self.window = window
-        self._keep = window[SHIFT:]
-        self._old = window[: BLOCK - SHIFT]
-        self._new = window[BLOCK - SHIFT:]
+        self.views = (window[: BLOCK - SHIFT], window[SHIFT:], window[BLOCK - SHIFT:])
 
     def push(self, hop: np.ndarray) -> None:
-        np.copyto(self._old, self._keep)
-        np.copyto(self._new, hop)
+        old, keep, new = self.views
+        np.copyto(old, keep)
+        np.copyto(new, hop)
 
     def clear(self) -> None:
         self.window.fill(0.0)
 
 
 class OverlapAdd:
-    """Overlap-add of 512-sample blocks at a 128-sample shift.
+    """Overlap-add of 512-sample blocks from ``block`` (e.g. model 2's output tensor).
 
     Two 384-sample accumulators take turns, so each hop is three ufunc
     calls on precomputed views and nothing overlaps in memory.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, block: np.ndarray) -> None:
         keep = BLOCK - SHIFT
         self._acc = (np.zeros(keep, np.float32), np.zeros(keep, np.float32))
-        self._turn = 0
-        self._views = tuple(
-            (cur[:SHIFT], cur[SHIFT:], nxt[: keep - SHIFT], nxt[keep - SHIFT:])
+        head, mid, tail = block[:SHIFT], block[SHIFT:keep], block[keep:]
+        self._steps = tuple(
+            (cur[:SHIFT], head, cur[SHIFT:], mid, nxt[: keep - SHIFT], nxt[keep - SHIFT:], tail)
             for cur, nxt in (self._acc, self._acc[::-1])
         )
-
-    def bind(self, block: np.ndarray) -> None:
-        """Use ``block`` (float32[512], e.g. model 2's output tensor) as the source."""
-        self._head = block[:SHIFT]
-        self._mid = block[SHIFT: BLOCK - SHIFT]
-        self._tail = block[BLOCK - SHIFT:]
+        self._turn = 0
 
     def add(self, out: np.ndarray) -> None:
-        """Add the bound block and write the finished 128 samples to ``out``."""
-        cur_head, cur_rest, nxt_rest, nxt_tail = self._views[self._turn]
-        np.add(cur_head, self._head, out=out)
-        np.add(cur_rest, self._mid, out=nxt_rest)
-        np.copyto(nxt_tail, self._tail)
+        """Add the block and write the 128 samples it finishes to ``out``."""
+        cur_head, head, cur_rest, mid, nxt_rest, nxt_tail, tail = self._steps[self._turn]
+        np.add(cur_head, head, out)
+        np.add(cur_rest, mid, nxt_rest)
+        np.copyto(nxt_tail, tail)
         self._turn ^= 1
 
     def clear(self) -> None:
         for acc in self._acc:
             acc.fill(0.0)
+        self._turn = 0

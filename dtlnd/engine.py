@@ -43,85 +43,113 @@ class HopProcessor(Protocol):
 
 
 class _DTLN:
-    """State and buffers shared by the NS and AEC block loops."""
+    """Buffers, tensors and the hop function shared by the NS and AEC loops.
+
+    ``process_hop`` is a closure over local names built once in
+    `_build_hop`: on a Pi each attribute lookup, keyword argument or method
+    call on the 8 ms path costs real time, and numpy ufuncs take their
+    output array positionally for the same reason.
+    """
 
     channels = 1
     delay = ALGORITHMIC_DELAY
 
     def __init__(self, pair: ModelPair, fft: str = "auto") -> None:
         self.pair = pair
-        m1, m2 = pair.m1, pair.m2
-        self._fft = RealFFT(m2.signal, fft)
+        self._fft = RealFFT(pair.m2.signal, fft)
         self.fft_backend = self._fft.backend
         self._mic = SlidingWindow(self._fft.window)
-        self._gain = np.zeros(BINS, np.complex64)
-        self._gain_re = self._gain.real
-        self._divide = not pair.mask_is_gain
-        # Constants as arrays: a numpy scalar operand is boxed on every call.
-        self._scale = np.full(BINS, 1.0 / BLOCK, np.float32)  # the irfft's 1/N
-        self._n = np.full(BINS, BLOCK, np.float32)
-        self._floor = np.full(BINS, BLOCK * 1e-7, np.float32)
-        self._den = np.ones(BINS, np.float32)
-        self._ola = OverlapAdd()
-        self._ola.bind(m2.out)
-        # Bound methods and arrays looked up once: on a Pi every attribute
-        # lookup on the 8 ms path costs real time.
-        self._forward = self._fft.forward
-        self._inverse = self._fft.inverse
-        self._spectrum = self._fft.spectrum
-        self._masked = self._fft.masked
-        self._mag = m1.signal
-        self._mask = m1.out
-        self._st1 = (m1.state_in, m1.state_out)
-        self._st2 = (m2.state_in, m2.state_out)
-        self._invoke1 = m1.invoke
-        self._invoke2 = m2.invoke
+        self._ola = OverlapAdd(pair.m2.out)
+        if pair.kind == "aec":
+            self._far_fft = RealFFT(np.zeros(BLOCK, np.float32), fft)  # only its forward is used
+            self._far = SlidingWindow(self._far_fft.window)
+        self.process_hop = self._build_hop()
         self.pair.reset()
 
-    def _apply_mask(self) -> None:
-        """masked = spectrum * mask / 512, as complex64 x complex64 (no casting buffer)."""
-        if self._divide:
-            # PiDTLN2's model 1 outputs |X| * mask: divide by the magnitude
-            # fed in (kept in _den as 512 |X|, clipped away from zero).
-            np.divide(self._mask, self._den, out=self._gain_re)
-        else:
-            np.multiply(self._mask, self._scale, out=self._gain_re)
-        np.multiply(self._spectrum, self._gain, out=self._masked)
+    def _build_hop(self):
+        m1, m2, fft = self.pair.m1, self.pair.m2, self._fft
+        copyto, absolute, multiply, divide, maximum = np.copyto, np.absolute, np.multiply, np.divide, np.maximum
+        win_old, win_keep, win_new = self._mic.views
+        forward, inverse, spectrum, masked = fft.forward, fft.inverse, fft.spectrum, fft.masked
+        mag, mask, invoke1, invoke2 = m1.signal, m1.out, m1.invoke, m2.invoke
+        st1_in, st1_out, st2_in, st2_out = m1.state_in, m1.state_out, m2.state_in, m2.state_out
+        gain = np.zeros(BINS, np.complex64)
+        gain_re = gain.real
+        # Constants as arrays: a numpy scalar operand is boxed on every call.
+        scale = np.full(BINS, 1.0 / BLOCK, np.float32)  # the irfft's 1/N, folded into the mask
+        n_bins = np.full(BINS, BLOCK, np.float32)
+        floor = np.full(BINS, BLOCK * 1e-7, np.float32)
+        den = np.ones(BINS, np.float32)
+        # PiDTLN2's model 1 outputs |X| * mask: the gain is that over 512 |X|.
+        divide_by_mag = not self.pair.mask_is_gain
+        ola = self._ola
 
-    def _magnitude(self) -> None:
-        np.abs(self._spectrum, out=self._mag)
-        if self._divide:
-            np.multiply(self._mag, self._n, out=self._den)
-            np.maximum(self._den, self._floor, out=self._den)
+        def model_1_to_2() -> None:
+            """mask -> masked spectrum -> model 2's input, states carried over."""
+            invoke1()
+            copyto(st1_in, st1_out)
+            if divide_by_mag:
+                divide(mask, den, gain_re)
+            else:
+                multiply(mask, scale, gain_re)
+            multiply(spectrum, gain, masked)
+            inverse()
+
+        def magnitude() -> None:
+            absolute(spectrum, mag)
+            if divide_by_mag:
+                multiply(mag, n_bins, den)
+                maximum(den, floor, out=den)  # positional out is deprecated for maximum
+
+        if self.pair.kind == "ns":
+            def process_hop(mic: np.ndarray, far: Optional[np.ndarray], out: np.ndarray) -> None:
+                copyto(win_old, win_keep)
+                copyto(win_new, mic)
+                forward()
+                magnitude()
+                model_1_to_2()
+                invoke2()
+                copyto(st2_in, st2_out)
+                ola.add(out)
+            return process_hop
+
+        far_old, far_keep, far_new = self._far.views
+        far_window, far_forward, far_spectrum = self._far_fft.window, self._far_fft.forward, self._far_fft.spectrum
+        far_mag, far_block = m1.far, m2.far
+
+        def process_hop(mic: np.ndarray, far: Optional[np.ndarray], out: np.ndarray) -> None:
+            copyto(win_old, win_keep)
+            copyto(win_new, mic)
+            copyto(far_old, far_keep)
+            copyto(far_new, far)
+            forward()
+            far_forward()
+            magnitude()
+            absolute(far_spectrum, far_mag)
+            model_1_to_2()
+            copyto(far_block, far_window)
+            invoke2()
+            copyto(st2_in, st2_out)
+            ola.add(out)
+        return process_hop
 
     def reset(self) -> None:
         """Forget all history: windows, overlap-add tail and LSTM states."""
         self._mic.clear()
+        if self.pair.kind == "aec":
+            self._far.clear()
         self._ola.clear()
         self.pair.reset()
 
 
 class NoiseSuppressor(_DTLN):
-    """DTLN noise suppression on the microphone alone."""
+    """DTLN noise suppression on the microphone alone (``far`` is ignored)."""
 
     def __init__(self, pair: ModelPair, fft: str = "auto") -> None:
         if pair.kind != "ns":
             raise ModelError(f"model {pair.name} is an echo-cancellation pair: use it with mode aec "
                              "or pick a noise-suppression model such as dtln_ns_quant")
         super().__init__(pair, fft)
-
-    def process_hop(self, mic: np.ndarray, far: Optional[np.ndarray], out: np.ndarray) -> None:
-        """Take 128 new samples (``far`` is ignored), write the 128 finished ones."""
-        self._mic.push(mic)
-        self._forward()
-        self._magnitude()
-        self._invoke1()
-        np.copyto(*self._st1)
-        self._apply_mask()
-        self._inverse()
-        self._invoke2()
-        np.copyto(*self._st2)
-        self._ola.add(out)
 
 
 class EchoCanceller(_DTLN):
@@ -134,34 +162,6 @@ class EchoCanceller(_DTLN):
             raise ModelError(f"model {pair.name} is a noise-suppression pair and cannot cancel echo: "
                              "use mode ns, or an AEC model such as dtln_aec_128_quant")
         super().__init__(pair, fft)
-        self._far_fft = RealFFT(np.zeros(BLOCK, np.float32), fft)  # only its forward is used
-        self._far = SlidingWindow(self._far_fft.window)
-        self._far_forward = self._far_fft.forward
-        self._far_window = self._far_fft.window
-        self._far_spectrum = self._far_fft.spectrum
-        self._far_mag = pair.m1.far
-        self._far_block = pair.m2.far
-
-    def process_hop(self, mic: np.ndarray, far: Optional[np.ndarray], out: np.ndarray) -> None:
-        """Take 128 microphone and 128 reference samples, write the 128 finished ones."""
-        self._mic.push(mic)
-        self._far.push(far)
-        self._forward()
-        self._far_forward()
-        self._magnitude()
-        np.abs(self._far_spectrum, out=self._far_mag)
-        self._invoke1()
-        np.copyto(*self._st1)
-        self._apply_mask()
-        self._inverse()
-        np.copyto(self._far_block, self._far_window)
-        self._invoke2()
-        np.copyto(*self._st2)
-        self._ola.add(out)
-
-    def reset(self) -> None:
-        super().reset()
-        self._far.clear()
 
 
 class Chain:
