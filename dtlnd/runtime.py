@@ -17,10 +17,15 @@ binding).  `ModelPair` checks once that the buffers do not move.
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import re
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -40,6 +45,8 @@ RUNTIMES: dict[str, str] = {
 }
 
 _TFLITE_MAGIC = b"TFL3"
+
+log = logging.getLogger("dtlnd")
 
 
 def load_runtime(name: str = "auto") -> tuple[str, type]:
@@ -67,6 +74,34 @@ def load_runtime(name: str = "auto") -> tuple[str, type]:
             + "): pip install ai-edge-litert"
         )
     raise ModelError(f"runtime {name} is not usable ({reasons[0]}): install it or use runtime auto")
+
+
+@contextmanager
+def _native_stderr() -> Iterator[list[str]]:
+    """Collect the lines the runtime's C++ code writes to stderr meanwhile.
+
+    TF-Lite prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+    straight to file descriptor 2 (no setting of ai-edge-litert turns it
+    off), which would make every one-line error two lines.  The caller
+    decides what to pass on.  Meant for model loading at start-up: output of
+    other threads meanwhile is collected too.
+    """
+    lines: list[str] = []
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to hide
+        yield lines
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(line for line in tmp.read().decode(errors="replace").splitlines() if line.strip())
 
 
 def installed_runtimes() -> list[str]:
@@ -153,11 +188,18 @@ class BoundModel:
             raise ModelError(f"{path}: cannot read ({exc.strerror}): check the path and permissions") from None
         if len(head) < 8 or head[4:8] != _TFLITE_MAGIC:
             raise ModelError(f"{path}: not a TF-Lite model file: re-fetch it with 'dtlnd models fetch'")
-        try:
-            self.interpreter = interpreter_cls(model_path=str(path), num_threads=threads)
-            self.interpreter.allocate_tensors()
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        error: Optional[Exception] = None
+        with _native_stderr() as native:
+            try:
+                self.interpreter = interpreter_cls(model_path=str(path), num_threads=threads)
+                self.interpreter.allocate_tensors()
+            except Exception as exc:
+                error = exc
+        for line in native:
+            log.log(logging.DEBUG if error or line.startswith("INFO:") else logging.WARNING, "%s: %s",
+                    path.name, line)
+        if error is not None:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ModelError(
                 f"{path}: the TF-Lite runtime cannot load it ({first}): the file is damaged or truncated; "
                 "re-fetch it with 'dtlnd models fetch'"
