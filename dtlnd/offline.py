@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,14 +148,26 @@ def process_file(src: Path, dst: Path, processor: HopProcessor, opts: FileOption
     write_atomic(dst, y, fmt, subtype)
 
 
+def _umask() -> int:
+    """The process umask: the only way to read it is to set it."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(dst: Path, data: np.ndarray, fmt: str, subtype: str) -> None:
+    """Write ``dst`` via a temporary file beside it, with the modes a plain ``open`` would give."""
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(f"{dst}: cannot write there: a part of the folder path is a file, "
+                          "not a folder") from None
     except OSError as exc:
         raise OutputError(f"{dst}: cannot write there ({exc.strerror}): check the folder and permissions") from None
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())  # mkstemp's 0600 would hide it from other users
             sf.write(fh, data, RATE, subtype=subtype, format=fmt)
             fh.flush()
             os.fsync(fh.fileno())
@@ -185,14 +198,15 @@ def process_tree(src: Path, dst: Path, processor: HopProcessor, opts: FileOption
     if opts.ref is not None:
         raise UsageError("--ref takes one file: for a folder, put the reference into a channel of each input")
     failed: list[DtlndError] = []
-    bar = tqdm(files, unit="file", disable=not progress, leave=False)
+    # disable=None: no bar when stderr is not a terminal (logs, pipes, systemd).
+    bar = tqdm(files, unit="file", disable=None if progress else True, leave=False)
     for path in bar:
         bar.set_postfix_str(path.name, refresh=False)
         try:
             process_file(path, dst / path.relative_to(src), processor, opts)
         except DtlndError as exc:
             failed.append(exc)
-            bar.write(f"dtlnd: {exc}")
+            bar.write(f"dtlnd: error: {exc}", file=sys.stderr)
     bar.close()
     log.info("%d of %d files processed into %s", len(files) - len(failed), len(files), dst)
     return failed[0].exit_status if failed else 0
