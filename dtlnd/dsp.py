@@ -51,20 +51,22 @@ class RealFFT:
             self.window = pyfftw.empty_aligned(BLOCK, dtype=np.float32)
             self.spectrum = pyfftw.empty_aligned(BINS, dtype=np.complex64)
             self.masked = pyfftw.empty_aligned(BINS, dtype=np.complex64)
+            # FFTW_ESTIMATE: MEASURE picks plans by timing, so two processes
+            # could round differently (and quantized models amplify that).
             # The window slides, so the forward transform must preserve it;
             # the masked spectrum is scratch, so c2r may destroy it.  The
             # inverse writes straight into ``out`` (e.g. model 2's input).
-            self.forward = pyfftw.FFTW(self.window, self.spectrum, flags=("FFTW_MEASURE",),
+            self.forward = pyfftw.FFTW(self.window, self.spectrum, flags=("FFTW_ESTIMATE",),
                                        threads=1).execute
             self.inverse = pyfftw.FFTW(self.masked, out, direction="FFTW_BACKWARD",
-                                       flags=("FFTW_MEASURE", "FFTW_DESTROY_INPUT"), threads=1).execute
+                                       flags=("FFTW_ESTIMATE", "FFTW_DESTROY_INPUT"), threads=1).execute
         else:
             self.window = np.zeros(BLOCK, dtype=np.float32)
             self.spectrum = np.zeros(BINS, dtype=np.complex64)
             self.masked = np.zeros(BINS, dtype=np.complex64)
             self.forward = self._forward_numpy
             self.inverse = self._inverse_numpy
-        # FFTW_MEASURE planning scribbles on the arrays.
+        # Planning may scribble on the arrays.
         self.window.fill(0.0)
         self.masked.fill(0.0)
         out.fill(0.0)
