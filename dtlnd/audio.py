@@ -1,0 +1,199 @@
+"""Capture -> engine -> clock bridge -> playback, on two PortAudio streams.
+
+The input and output devices have different clocks, so they get separate
+streams joined by a `ClockBridge` rather than one duplex stream that would
+drift into repeating xruns.  Inference runs in the input callback: it is
+the lowest latency (no thread hand-off) and ``invoke()`` releases the GIL,
+so the output callback is never held up by it.  A block that is not ready
+when the output needs it is played as silence and counted (the bridge's
+deadline policy).
+
+Callbacks never log, raise or wait on locks: errors are stored for the
+supervisor, counters are plain integers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Optional
+
+import numpy as np
+
+from . import devices
+from .bridge import ClockBridge
+from .config import FORMATS, Settings
+from .engine import BlockStream, HopProcessor
+from .measure import BlockStats, Latency
+
+RATE = 16000
+SHIFT = 128
+
+log = logging.getLogger("dtlnd")
+
+
+def _set_realtime(priority: int) -> str:
+    """Ask SCHED_FIFO for the calling (audio) thread; return what happened, for the log."""
+    if priority <= 0:
+        return "real-time priority off (rt_priority: 0)"
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (OSError, AttributeError) as exc:
+        return (f"no real-time priority for the audio threads ({getattr(exc, 'strerror', exc)}): "
+                "running at normal priority; allow it with LimitRTPRIO= or an rtprio limit")
+    return f"audio threads run SCHED_FIFO priority {priority}"
+
+
+class AudioPipeline:
+    """Open (``start``) and close the two streams for one set of settings."""
+
+    def __init__(self, settings: Settings, processor: HopProcessor, stats: BlockStats) -> None:
+        self.settings = settings
+        self.processor = processor
+        self.stats = stats
+        sd = devices.sd()
+        s = settings
+        n_in = s.input_channels
+        self.in_dev = devices.resolve(s.input.device, "input")
+        self.out_dev = devices.resolve(s.output.device, "output")
+        if n_in > self.in_dev.max_input_channels:
+            from .errors import DeviceError
+
+            raise DeviceError(f"input.channels {n_in}: device {self.in_dev.name!r} has only "
+                              f"{self.in_dev.max_input_channels} input channel(s)")
+        self.in_rate = devices.pick_rate(self.in_dev, "input", s.input.rate, n_in)
+        self.out_rate = devices.pick_rate(self.out_dev, "output", s.output.rate, s.output.channels)
+        self.mic_ch = s.input.channel % n_in
+        self.far_ch = s.ref_channel % n_in if processor.channels == 2 else None
+        target = s.buffer_blocks * SHIFT + SHIFT // 2  # + half a block: the clocks' phase sweep
+        self.bridge = ClockBridge(target=target, block=SHIFT, out_step=RATE / self.out_rate)
+        self._hop_out = np.zeros(SHIFT, np.float32)
+        self._resampler = None
+        self._stream_in: Optional[BlockStream] = None
+        if self.in_rate != RATE:
+            import soxr
+
+            picks = [self.mic_ch] + ([self.far_ch] if self.far_ch is not None else [])
+            self._picks = picks
+            self._resampler = soxr.ResampleStream(self.in_rate, RATE, len(picks), dtype="float32", quality="HQ")
+            self._stream_in = BlockStream(processor)
+            log.info("input %s runs at %d Hz: resampling to 16000 Hz in process (soxr)", self.in_dev.name, self.in_rate)
+        if self.out_rate != RATE:
+            log.info("output %s runs at %d Hz: resampling from 16000 Hz in process", self.out_dev.name, self.out_rate)
+        dtype = FORMATS[s.output.format]
+        out_block = max(1, round(SHIFT * self.out_rate / RATE))
+        self._out_f32 = np.zeros(out_block, np.float32)
+        self._out_scaled = np.zeros(out_block, np.float32)
+        self._int_scale = {"int16": 32767.0, "int32": 2147483392.0, "float32": None}[dtype]
+        self._int_limits = {"int16": (-32768.0, 32767.0), "int32": (-2147483648.0, 2147483392.0)}.get(dtype)
+        self._rt_priority = s.rt_priority
+        self._rt = {"input": False, "output": False}
+        self.rt_results: list[str] = []
+        latency = s.latency
+        self.input_stream = sd.InputStream(
+            device=self.in_dev.index, samplerate=self.in_rate, channels=n_in, dtype="float32",
+            blocksize=max(1, round(SHIFT * self.in_rate / RATE)), latency=latency, callback=self._input_callback)
+        try:
+            self.output_stream = sd.OutputStream(
+                device=self.out_dev.index, samplerate=self.out_rate, channels=s.output.channels, dtype=dtype,
+                blocksize=out_block, latency=latency, callback=self._output_callback)
+        except Exception:
+            self.input_stream.close()
+            raise
+
+    # -- callbacks ---------------------------------------------------------
+
+    def _realtime(self, side: str) -> None:
+        self._rt[side] = True
+        self.rt_results.append(_set_realtime(self._rt_priority))
+
+    def _input_callback(self, indata: np.ndarray, frames: int, t, status) -> None:
+        stats = self.stats
+        try:
+            if status.input_overflow:
+                stats.input_overflows += 1
+            if not self._rt["input"]:
+                self._realtime("input")
+            t0 = time.perf_counter_ns()
+            if self._resampler is None and frames == SHIFT:
+                far = indata[:, self.far_ch] if self.far_ch is not None else None
+                self.processor.process_hop(indata[:, self.mic_ch], far, self._hop_out)
+                self.bridge.write(self._hop_out)
+            else:
+                self._input_resampled(indata)
+            stats.record(time.perf_counter_ns() - t0)
+        except Exception as exc:  # never let an exception stop the stream
+            stats.callback_errors += 1
+            stats.last_error = exc
+
+    def _input_resampled(self, indata: np.ndarray) -> None:
+        """Any rate or block size: soxr to 16 kHz, then the any-size engine path."""
+        if self._resampler is not None:
+            x = self._resampler.resample_chunk(np.ascontiguousarray(indata[:, self._picks]))
+            mic, far = x[:, 0], (x[:, 1] if x.shape[1] > 1 else None)
+        else:
+            mic = indata[:, self.mic_ch]
+            far = indata[:, self.far_ch] if self.far_ch is not None else None
+        if self._stream_in is None:
+            self._stream_in = BlockStream(self.processor)
+        if len(mic):
+            self.bridge.write(self._stream_in.process(mic, far))
+
+    def _output_callback(self, outdata: np.ndarray, frames: int, t, status) -> None:
+        stats = self.stats
+        try:
+            if status.output_underflow:
+                stats.output_underflows += 1
+            if not self._rt["output"]:
+                self._realtime("output")
+            buf = self._out_f32 if frames == len(self._out_f32) else np.zeros(frames, np.float32)
+            self.bridge.read(buf)
+            if self._int_scale is None:
+                np.copyto(outdata, buf[:, None])
+            else:
+                scaled = self._out_scaled if frames == len(self._out_scaled) else np.empty(frames, np.float32)
+                np.multiply(buf, self._int_scale, out=scaled)
+                np.clip(scaled, *self._int_limits, out=scaled)
+                np.copyto(outdata, scaled[:, None], casting="unsafe")
+            stats.outputs += 1
+        except Exception as exc:
+            outdata.fill(0)
+            stats.callback_errors += 1
+            stats.last_error = exc
+
+    # -- control -------------------------------------------------------------
+
+    def start(self) -> None:
+        self.processor.reset()
+        self.bridge.reset()
+        self.output_stream.start()
+        self.input_stream.start()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.input_stream.active and self.output_stream.active)
+
+    def close(self) -> None:
+        """Stop both streams now (abort: nothing to drain on a live stream)."""
+        for stream in (self.input_stream, self.output_stream):
+            try:
+                stream.abort()
+                stream.close()
+            except Exception as exc:
+                log.debug("closing %s: %s", stream, exc)
+
+    def latency(self) -> Latency:
+        algorithmic = self.processor.delay + (SHIFT if self._stream_in is not None else 0)
+        return Latency(
+            algorithmic=1000.0 * algorithmic / RATE,
+            input=1000.0 * float(self.input_stream.latency),
+            buffer=1000.0 * self.bridge.latency_samples / RATE,
+            output=1000.0 * float(self.output_stream.latency),
+        )
+
+    def describe(self) -> str:
+        s = self.settings
+        return (f"input {self.in_dev.name!r} ({s.input_channels} ch at {self.in_rate} Hz, mic ch {self.mic_ch}"
+                + (f", reference ch {self.far_ch}" if self.far_ch is not None else "")
+                + f") -> output {self.out_dev.name!r} ({s.output.channels} ch {s.output.format} at {self.out_rate} Hz)")

@@ -1,0 +1,240 @@
+"""Settings: parsed once, at start-up, into frozen dataclasses.
+
+The YAML file (default ``/etc/dtlnd/dtlnd.yaml``; a missing default file
+means all defaults) is merged with command-line overrides and validated
+here; everything past this module takes a `Settings`, never a dict.  A
+mistake is one `ConfigError` naming the key and the fix: unknown keys get
+the nearest valid name suggested.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import yaml
+
+from . import paths
+from .errors import ConfigError
+
+FORMATS = {"S16_LE": "int16", "S32_LE": "int32", "FLOAT_LE": "float32"}
+MODES = ("ns", "aec", "aec+ns")
+RUNTIMES = ("auto", "ai-edge-litert", "tflite-runtime", "tensorflow")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    """The capture device: the microphone and, for AEC, the far-end reference."""
+
+    #: sounddevice index or name substring, or an ALSA name (hw:1,0, hw:CARD=X,DEV=0, a PCM)
+    device: Union[str, int] = "default"
+    #: channels to open; None: 1 for ns, 2 for aec (use the device's count for arrays)
+    channels: Optional[int] = None
+    #: the microphone channel
+    channel: int = 0
+    #: the far-end reference channel (AEC); None: the last channel
+    ref_channel: Optional[int] = None
+    #: rate to open the device at; None: 16000 if it can, else its default rate
+    rate: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """The playback device the enhanced audio goes to (the loopback)."""
+
+    device: Union[str, int] = "hw:Loopback,0"
+    channels: int = 1
+    #: sample format: what consumers of the loopback will read
+    format: str = "S16_LE"
+    rate: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str = "ns"
+    #: the first stage's pair (NS for ns, AEC otherwise); None: the mode's default
+    model: Optional[str] = None
+    #: the NS pair of aec+ns
+    ns_model: Optional[str] = None
+    model_dir: Optional[Path] = None
+    runtime: str = "auto"
+    threads: int = 1
+    input: InputSettings = field(default_factory=InputSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+    #: PortAudio's suggested latency per stream: low, high, or seconds
+    latency: Union[str, float] = "low"
+    #: blocks of 8 ms held between input and output to absorb jitter
+    buffer_blocks: int = 2
+    #: run AEC model 1 and model 2 on two threads (one more block of latency)
+    pipeline: bool = False
+    #: real-time (SCHED_FIFO) priority for the audio threads; 0: don't ask
+    rt_priority: int = 20
+    log_level: str = "info"
+
+    @property
+    def input_channels(self) -> int:
+        return self.input.channels or (1 if self.mode == "ns" else 2)
+
+    @property
+    def ref_channel(self) -> int:
+        ch = self.input.ref_channel
+        return self.input_channels - 1 if ch is None else ch
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            Path: "a path"}.get(tp, str(tp))
+
+
+def _coerce(key: str, value: Any, default: Any, hint: str) -> Any:
+    """Check one scalar against its field's type (from the default's and the annotation)."""
+    if value is None:
+        if "Optional" in hint or default is None:
+            return None
+        raise ConfigError(f"{key}: must not be empty")
+    if "Path" in hint:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a path, got {value!r}")
+        return Path(value).expanduser()
+    if "Union[str, int]" in hint:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ConfigError(f"{key}: expected a device name or index, got {value!r}")
+        return value
+    if "Union[str, float]" in hint:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        raise ConfigError(f"{key}: expected low, high or seconds, got {value!r}")
+    if "bool" in hint:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if "int" in hint:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if "str" in hint:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'the file'}: expected a mapping of settings, got {data!r}")
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; known keys: {', '.join(known)}"
+            raise ConfigError(f"unknown setting '{prefix}{key}'{hint}")
+        f = known[name]
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            kwargs[name] = _build(type(default), value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(f"{prefix}{name}", value, default, str(f.type))
+    return cls(**kwargs)
+
+
+def _validate(s: Settings) -> Settings:
+    def bad(key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{key}: {msg}")
+
+    if s.mode not in MODES:
+        raise bad("mode", f"{s.mode!r} is not one of {', '.join(MODES)}")
+    if s.runtime not in RUNTIMES:
+        raise bad("runtime", f"{s.runtime!r} is not one of {', '.join(RUNTIMES)}")
+    if s.log_level not in LOG_LEVELS:
+        raise bad("log_level", f"{s.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    if s.threads < 1:
+        raise bad("threads", "must be 1 or more")
+    if isinstance(s.latency, str) and s.latency not in ("low", "high"):
+        raise bad("latency", f"{s.latency!r}: use low, high, or a time in seconds such as 0.016")
+    if isinstance(s.latency, float) and not 0 < s.latency <= 1:
+        raise bad("latency", f"{s.latency}: use a time in seconds between 0 and 1, e.g. 0.016")
+    if not 1 <= s.buffer_blocks <= 64:
+        raise bad("buffer_blocks", f"{s.buffer_blocks}: use 1..64 blocks of 8 ms")
+    if not 0 <= s.rt_priority <= 99:
+        raise bad("rt_priority", f"{s.rt_priority}: use 0 (off) or 1..99")
+    if s.output.format not in FORMATS:
+        raise bad("output.format", f"{s.output.format!r} is not one of {', '.join(FORMATS)}")
+    if not 1 <= s.output.channels <= 32:
+        raise bad("output.channels", f"{s.output.channels}: use 1..32")
+    if s.input.channels is not None and not 1 <= s.input.channels <= 64:
+        raise bad("input.channels", f"{s.input.channels}: use 1..64")
+    for key, rate in (("input.rate", s.input.rate), ("output.rate", s.output.rate)):
+        if rate is not None and not 8000 <= rate <= 384000:
+            raise bad(key, f"{rate}: use a sample rate such as 16000 or 48000")
+    n = s.input_channels
+    if not -n <= s.input.channel < n:
+        raise bad("input.channel", f"{s.input.channel} is out of range for {n} input channel"
+                  f"{'s' if n != 1 else ''} (0..{n - 1}); set input.channels")
+    if s.mode != "ns":
+        if n < 2:
+            raise bad("input.channels", f"mode {s.mode} needs the far-end reference in a second channel: "
+                      "set input.channels to 2 or more")
+        if not -n <= s.ref_channel < n:
+            raise bad("input.ref_channel", f"{s.ref_channel} is out of range for {n} input channels (0..{n - 1})")
+        if s.ref_channel % n == s.input.channel % n:
+            raise bad("input.ref_channel", f"the reference and the microphone are both channel "
+                      f"{s.input.channel % n}: pick another channel")
+    return s
+
+
+def load(path: Optional[Path] = None, overrides: Optional[Mapping[str, Any]] = None) -> Settings:
+    """Settings from ``path`` (default file if None) with dotted-key ``overrides`` applied."""
+    explicit = path is not None
+    path = Path(path) if explicit else paths.CONFIG_FILE
+    data: Any = {}
+    if path.exists() or explicit:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings (key: value), got {type(data).__name__}")
+    merged: dict[str, Any] = dict(data)
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = merged
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {}) if isinstance(node.get(p, {}), dict) else node
+        node[leaf] = value
+    where = f"{path}: " if path.exists() else ""
+    try:
+        return _validate(_build(Settings, merged))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+
+
+def with_changes(s: Settings, **changes: Any) -> Settings:
+    return _validate(replace(s, **changes))
+
+
+def as_dict(s: Any) -> Any:
+    """Plain data for printing the effective settings."""
+    if is_dataclass(s):
+        return {f.name: as_dict(getattr(s, f.name)) for f in fields(s)}
+    return str(s) if isinstance(s, Path) else s

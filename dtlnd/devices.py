@@ -1,0 +1,152 @@
+"""Audio devices: resolve what users write to what PortAudio lists.
+
+Users write sounddevice indices and name substrings, and ALSA names:
+``hw:Loopback,0``, ``hw:CARD=Loopback,DEV=0``, ``plughw:1,0``, ``default``
+or a PCM from asound.conf.  PortAudio lists hardware devices as
+``Loopback: PCM (hw:2,0)`` and configured PCMs by name, so ALSA card names
+are mapped to card numbers through /proc/asound (or the listed card name).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+from .errors import DeviceError
+
+RATE = 16000
+
+_HW = re.compile(r"^(?:plug)?hw:(?:CARD=)?([^,]+)(?:,(?:DEV=)?(\d+))?(?:,(?:SUBDEV=)?\d+)?$", re.IGNORECASE)
+_LISTED_HW = re.compile(r"\(hw:(\d+),(\d+)\)$")
+
+
+def sd():
+    """sounddevice, imported on first use (it loads PortAudio and enumerates devices)."""
+    import sounddevice
+
+    return sounddevice
+
+
+def reinitialize() -> None:
+    """Restart PortAudio so that its device list is fresh (after an unplug)."""
+    s = sd()
+    s._terminate()
+    s._initialize()
+
+
+@dataclass(frozen=True)
+class Device:
+    index: int
+    name: str
+    max_input_channels: int
+    max_output_channels: int
+    default_rate: float
+
+
+def list_devices() -> list[Device]:
+    out = []
+    for i, d in enumerate(sd().query_devices()):
+        out.append(Device(i, d["name"], d["max_input_channels"], d["max_output_channels"],
+                          d["default_samplerate"]))
+    return out
+
+
+def _card_numbers() -> dict[str, int]:
+    """ALSA card id -> number, from /proc/asound/cards (empty without kernel sound)."""
+    cards: dict[str, int] = {}
+    try:
+        text = Path("/proc/asound/cards").read_text()
+    except OSError:
+        return cards
+    for m in re.finditer(r"^\s*(\d+)\s+\[(\S+)\s*\]", text, re.MULTILINE):
+        cards[m.group(2).lower()] = int(m.group(1))
+    return cards
+
+
+def _match_hw(spec: str, devices: list[Device]) -> Optional[Device]:
+    m = _HW.match(spec)
+    if not m:
+        return None
+    card, dev = m.group(1), int(m.group(2) or 0)
+    number: Optional[int] = int(card) if card.isdigit() else _card_numbers().get(card.lower())
+    for d in devices:
+        lm = _LISTED_HW.search(d.name)
+        if not lm or int(lm.group(2)) != dev:
+            continue
+        if number is not None and int(lm.group(1)) == number:
+            return d
+        if number is None and d.name.split(":", 1)[0].strip().lower() == card.lower():
+            return d
+    return None
+
+
+def resolve(spec: Union[str, int], kind: str) -> Device:
+    """The PortAudio device for ``spec`` with ``kind`` ('input' or 'output') channels."""
+    devices = list_devices()
+    need = "max_input_channels" if kind == "input" else "max_output_channels"
+    usable = [d for d in devices if getattr(d, need) > 0]
+    text = str(spec).strip()
+    found: Optional[Device] = None
+    if isinstance(spec, int) or text.isdigit():
+        idx = int(text)
+        found = next((d for d in devices if d.index == idx), None)
+    else:
+        found = (next((d for d in usable if d.name == text), None)
+                 or _match_hw(text, usable)
+                 or _unique_substring(text, usable))
+    if found is None or getattr(found, need) == 0:
+        names = "; ".join(f"{d.index}: {d.name}" for d in usable) or "none"
+        why = "has no " + kind + " channels" if found is not None else "not found"
+        raise DeviceError(f"{kind} device {spec!r} {why}: set {kind}.device to one of [{names}] "
+                          "(see 'dtlnd devices')")
+    return found
+
+
+def _unique_substring(text: str, devices: list[Device]) -> Optional[Device]:
+    hits = [d for d in devices if text.lower() in d.name.lower()]
+    if len(hits) > 1:
+        exact = [d for d in hits if d.name.lower().startswith(text.lower())]
+        if len(exact) == 1:
+            return exact[0]
+        names = "; ".join(f"{d.index}: {d.name}" for d in hits)
+        raise DeviceError(f"device {text!r} matches several devices [{names}]: use a longer name or the index")
+    return hits[0] if hits else None
+
+
+def supports_rate(device: Device, kind: str, rate: int, channels: int = 1) -> bool:
+    check = sd().check_input_settings if kind == "input" else sd().check_output_settings
+    try:
+        check(device=device.index, samplerate=rate, channels=channels, dtype="float32")
+    except Exception:
+        return False
+    return True
+
+
+def pick_rate(device: Device, kind: str, wanted: Optional[int], channels: int) -> int:
+    """16 kHz when the device can, else its own default rate (resampled in process)."""
+    if wanted is not None:
+        if not supports_rate(device, kind, wanted, channels):
+            raise DeviceError(f"{kind} device {device.name!r} cannot run at {wanted} Hz with {channels} "
+                              f"channel(s): remove {kind}.rate to use its default")
+        return wanted
+    if supports_rate(device, kind, RATE, channels):
+        return RATE
+    native = int(device.default_rate)
+    if not supports_rate(device, kind, native, channels):
+        limit = device.max_input_channels if kind == "input" else device.max_output_channels
+        raise DeviceError(f"{kind} device {device.name!r} cannot open {channels} channel(s) at 16000 or "
+                          f"{native} Hz (it has {limit}): check {kind}.channels")
+    return native
+
+
+def describe() -> str:
+    """The table ``dtlnd devices`` prints."""
+    rows = [f"{'idx':>3}  {'in':>3} {'out':>3}  {'16k in':>6} {'16k out':>7}  name"]
+    for d in list_devices():
+        ins = "yes" if d.max_input_channels and supports_rate(d, "input", RATE) else ("no" if d.max_input_channels else "-")
+        outs = "yes" if d.max_output_channels and supports_rate(d, "output", RATE) else ("no" if d.max_output_channels else "-")
+        rows.append(f"{d.index:>3}  {d.max_input_channels:>3} {d.max_output_channels:>3}  {ins:>6} {outs:>7}  "
+                    f"{d.name} (default {int(d.default_rate)} Hz)")
+    return "\n".join(rows)

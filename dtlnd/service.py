@@ -1,0 +1,275 @@
+"""``dtlnd run``: the service lifecycle around the audio pipeline.
+
+One supervisor loop in the main thread owns the audio device: it opens the
+pipeline, watches that the callbacks keep advancing, reopens it with
+backoff (re-initialising PortAudio for a fresh device list) when a device
+disappears or the stream dies, reloads the configuration on SIGHUP, talks
+to systemd (READY, WATCHDOG, STATUS, STOPPING) and prints ``--measure``
+reports.  Signal handlers only set flags.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+from . import config, devices, engine, paths
+from .audio import AudioPipeline
+from .config import Settings
+from .errors import ConfigError, DeviceError, DtlndError
+from .measure import BlockStats, Snapshot, summarize
+
+log = logging.getLogger("dtlnd")
+
+TICK = 0.05  # supervisor period, seconds
+STALL = 1.5  # seconds without callbacks before a stream counts as dead
+BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+class Notifier:
+    """sd_notify over $NOTIFY_SOCKET; silent when not run by systemd."""
+
+    def __init__(self) -> None:
+        self._n = None
+        if os.environ.get("NOTIFY_SOCKET"):
+            import sdnotify
+
+            self._n = sdnotify.SystemdNotifier()
+        usec = os.environ.get("WATCHDOG_USEC")
+        self.watchdog_interval = int(usec) / 2e6 if usec and usec.isdigit() else 1.0
+
+    def __call__(self, message: str) -> None:
+        if self._n is not None:
+            self._n.notify(message)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, config_path: Optional[Path], overrides: Mapping[str, Any],
+                 measure: bool = False, duration: Optional[float] = None,
+                 out: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.overrides = dict(overrides)
+        self.measure = measure
+        self.duration = duration
+        self.out = out
+        self.notify = Notifier()
+        self.stats = BlockStats()
+        self.pipeline: Optional[AudioPipeline] = None
+        self.processor = self._load(settings)
+        self._stop = threading.Event()
+        self._reload = False
+        self._ready = False
+        self._first: Optional[Snapshot] = None
+        self.totals = {"missed": 0, "resyncs": 0}
+
+    # -- set-up --------------------------------------------------------------
+
+    @staticmethod
+    def _load(s: Settings) -> engine.HopProcessor:
+        return engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads)
+
+    def _model_label(self) -> str:
+        s = self.settings
+        first = s.model or engine.DEFAULT_MODELS["ns" if s.mode == "ns" else "aec"]
+        return first + (f"+{s.ns_model or engine.DEFAULT_MODELS['ns']}" if s.mode == "aec+ns" else "")
+
+    def _signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_hup(self, *_: Any) -> None:
+        self._reload = True
+
+    # -- the loop --------------------------------------------------------------
+
+    def run(self) -> int:
+        self._signals()
+        s = self.settings
+        log.info("dtlnd starting: mode %s, model %s, runtime %s", s.mode, self._model_label(),
+                 self.processor_runtime())
+        # The first open checks the settings against the devices: a device
+        # name that does not exist is a configuration error, not an unplug.
+        self._open()
+        started = time.monotonic()
+        next_report = started + 1.0
+        last_blocks, last_ping, last_ping_blocks = -1, 0.0, -1
+        stalled_since: Optional[float] = None
+        report_from = 0
+        lost_at: Optional[float] = None
+        attempt = 0
+        next_try = 0.0
+        while not self._stop.wait(TICK):
+            now = time.monotonic()
+            if self.duration is not None and now - started >= self.duration:
+                break
+            if self._reload:
+                self._reload = False
+                self._do_reload()
+            p = self.pipeline
+            if p is not None:
+                blocks = self.stats.blocks + self.stats.outputs
+                advancing = blocks != last_blocks
+                last_blocks = blocks
+                if advancing:
+                    stalled_since = None
+                elif stalled_since is None:
+                    stalled_since = now
+                dead = not p.active or (stalled_since is not None and now - stalled_since > STALL)
+                if dead:
+                    reason = "the stream stopped" if not p.active else f"no audio for {STALL:.1f} s"
+                    if self.stats.last_error is not None:
+                        reason += f" (callback error: {self.stats.last_error})"
+                    log.warning("audio lost: %s; reopening with backoff", reason)
+                    self._close()
+                    lost_at, attempt, next_try = now, 0, now + BACKOFF[0]
+                    self.notify(f"STATUS=audio lost ({reason}); retrying")
+                    continue
+                if not self._ready and self.stats.outputs > 0 and self.stats.blocks > 0:
+                    self._ready = True
+                    self.notify("READY=1")
+                    self._log_rt()
+                    log.info("audio flowing: %s", p.describe())
+                if self._ready and self.stats.blocks != last_ping_blocks and now - last_ping >= self.notify.watchdog_interval:
+                    self.notify("WATCHDOG=1")
+                    last_ping, last_ping_blocks = now, self.stats.blocks
+            else:
+                # Waiting for a device: the loop itself is alive, so keep
+                # systemd's watchdog fed while it retries.
+                if now - last_ping >= self.notify.watchdog_interval:
+                    self.notify("WATCHDOG=1")
+                    last_ping = now
+                if now >= next_try:
+                    if self._try_open():
+                        log.info("audio resumed after %.1f s", now - (lost_at or now))
+                        self._ready = False
+                        last_blocks, stalled_since = -1, None
+                    else:
+                        attempt += 1
+                        next_try = now + BACKOFF[min(attempt, len(BACKOFF) - 1)]
+            if now >= next_report:
+                next_report += 1.0
+                snap = self.snapshot(now - started, report_from)
+                report_from = self.stats.blocks
+                if snap is not None:
+                    self.notify("STATUS=" + snap.status(self.settings.mode, self._model_label()))
+                    if self.measure:
+                        self.out(snap.line())
+        self.notify("STOPPING=1")
+        log.info("stopping")
+        summary = self.snapshot(time.monotonic() - started, 0, total=True)
+        self._close()
+        if self.measure:
+            return self._summary(summary)
+        return 0
+
+    def processor_runtime(self) -> str:
+        stages = getattr(self.processor, "stages", (self.processor,))
+        return stages[0].pair.runtime  # type: ignore[attr-defined]
+
+    def _log_rt(self) -> None:
+        p = self.pipeline
+        if p is not None and p.rt_results:
+            msg = p.rt_results[0]
+            (log.info if msg.startswith("audio threads") or "off" in msg else log.warning)(msg)
+
+    # -- opening and closing -----------------------------------------------------
+
+    def _open(self) -> None:
+        self.pipeline = AudioPipeline(self.settings, self.processor, self.stats)
+        self.pipeline.start()
+
+    def _try_open(self) -> bool:
+        try:
+            devices.reinitialize()
+            self._open()
+        except DtlndError as exc:
+            log.debug("reopen failed: %s", exc)
+            self.pipeline = None
+            return False
+        except Exception as exc:  # PortAudio errors while the device is gone
+            log.debug("reopen failed: %s", exc)
+            self.pipeline = None
+            return False
+        return True
+
+    def _close(self) -> None:
+        p, self.pipeline = self.pipeline, None
+        if p is not None:
+            self.totals["missed"] += p.bridge.missed
+            self.totals["resyncs"] += p.bridge.resyncs
+            p.close()
+
+    def _do_reload(self) -> None:
+        if self.config_path is None:
+            log.warning("SIGHUP: no config file to reload (started without one)")
+            return
+        try:
+            new = config.load(self.config_path, self.overrides)
+            processor = self._load(new)
+        except DtlndError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        log.info("reloading: mode %s, model %s", new.mode, new.model or "default")
+        old = (self.settings, self.processor)
+        self._close()
+        self.settings, self.processor = new, processor
+        self._ready = False
+        try:
+            self._open()
+        except DtlndError as exc:
+            log.error("reload failed, back to the running configuration: %s", exc)
+            self.settings, self.processor = old
+            self._open()
+        log.info("reloaded: %s", self.pipeline.describe() if self.pipeline else "")
+
+    # -- reporting -----------------------------------------------------------
+
+    def snapshot(self, seconds: float, since: int, total: bool = False) -> Optional[Snapshot]:
+        p = self.pipeline
+        if p is None:
+            return None
+        mean, p99, mx = summarize(self.stats.times_since(since))
+        st = self.stats
+        return Snapshot(seconds, st.blocks, mean, p99, mx, st.input_overflows, st.output_underflows,
+                        p.bridge.missed + self.totals["missed"], p.bridge.resyncs + self.totals["resyncs"],
+                        st.late, p.latency())
+
+    def _summary(self, snap: Optional[Snapshot]) -> int:
+        if snap is None:
+            self.out("dtlnd measure: no audio was processed")
+            return 1
+        ok = snap.xruns == 0 and snap.missed == 0
+        self.out(f"summary: {snap.seconds:.1f} s, {snap.blocks} blocks, mode {self.settings.mode}, "
+                 f"model {self._model_label()}")
+        self.out(f"  engine per block: mean {snap.mean_ms:.3f} ms, p99 {snap.p99_ms:.3f} ms, max {snap.max_ms:.3f} ms"
+                 f" ({100 * snap.budget_share:.1f}% of the 8 ms budget; {snap.late} blocks over it)")
+        self.out(f"  xruns: input overflow {snap.input_overflows}, output underflow {snap.output_underflows}; "
+                 f"deadline misses {snap.missed}; buffer re-centred {snap.resyncs} times")
+        self.out(f"  latency: {snap.latency}")
+        self.out(f"  result: {'OK' if ok else 'FAIL: xruns or deadline misses'}")
+        return 0 if ok else 1
+
+
+def run(config_path: Optional[Path], overrides: Mapping[str, Any], measure: bool, duration: Optional[float]) -> int:
+    settings = config.load(config_path, overrides)
+    logging.getLogger().setLevel(settings.log_level.upper())
+    if duration is not None and duration <= 0:
+        raise ConfigError(f"--duration {duration}: must be more than 0 seconds")
+    if config_path is None and paths.CONFIG_FILE.exists():
+        config_path = paths.CONFIG_FILE  # what SIGHUP reloads
+    daemon = Daemon(settings, config_path, overrides, measure, duration, out=lambda line: print(line, flush=True))
+    try:
+        return daemon.run()
+    except DeviceError:
+        daemon.notify("STOPPING=1")
+        raise
+    finally:
+        sys.stdout.flush()
