@@ -112,7 +112,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output-format", choices=["S16_LE", "S32_LE", "FLOAT_LE"],
                    help="playback sample format (default: S16_LE)")
     g.add_argument("--output-rate", type=int, metavar="HZ", help="playback rate (default: 16000 if possible)")
-    g.add_argument("--latency", metavar="low|high|SECONDS", help="PortAudio latency per stream (default: low)")
+    g.add_argument("--latency", metavar="low|high|SECONDS", help="PortAudio latency per stream (default: 0.008)")
     g.add_argument("--buffer-blocks", type=int, metavar="N",
                    help="8 ms blocks buffered between input and output clocks (default: 2)")
     g.add_argument("--rt-priority", type=int, metavar="N", help="SCHED_FIFO priority for the audio threads, "

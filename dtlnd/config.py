@@ -64,8 +64,8 @@ class Settings:
     threads: int = 1
     input: InputSettings = field(default_factory=InputSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
-    #: PortAudio's suggested latency per stream: low, high, or seconds
-    latency: Union[str, float] = "low"
+    #: PortAudio's suggested latency per stream: seconds, or low / high (PortAudio's own choice)
+    latency: Union[str, float] = 0.008
     #: blocks of 8 ms held between input and output to absorb jitter
     buffer_blocks: int = 2
     #: run AEC model 1 and model 2 on two threads (one more block of latency)
