@@ -1,0 +1,130 @@
+"""The clock bridge under drifting clocks, with a simulated clock.
+
+The input side runs at exactly 16 kHz, the output side ~0.1 % (and 0.3 %)
+faster or slower, both with callback jitter, for minutes of simulated time:
+latency must stay bounded and misses must not repeat.  (The test rig runs
+every PCM from one JACK clock, so real drift can only be simulated.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dtlnd import engine
+from dtlnd.bridge import ClockBridge
+
+from audio_util import read
+
+BLOCK = 128
+TARGET = 2 * BLOCK + BLOCK // 2  # what AudioPipeline uses with buffer_blocks: 2
+
+
+def simulate(bridge: ClockBridge, source, drift: float, seconds: float, jitter_s: float = 0.002, seed: int = 1):
+    """Run writer and reader callbacks in simulated time; return fills, outputs and miss times."""
+    rng = np.random.default_rng(seed)
+    t_in, t_out = 0.0, 0.003
+    period_in, period_out = BLOCK / 16000, BLOCK / (16000 * (1 + drift))
+    due_in, due_out = t_in + rng.uniform(0, jitter_s), t_out + rng.uniform(0, jitter_s)
+    out = np.zeros(BLOCK, np.float32)
+    fills, outputs, misses = [], [], []
+    k = 0
+    while t_out < seconds:
+        if due_in <= due_out:
+            bridge.write(source(k))
+            k += 1
+            t_in += period_in
+            due_in = t_in + rng.uniform(0, jitter_s)
+        else:
+            fills.append(bridge.fill)
+            before = bridge.missed
+            bridge.read(out)
+            if bridge.missed != before:
+                misses.append(t_out)
+            outputs.append(out.copy())
+            t_out += period_out
+            due_out = t_out + rng.uniform(0, jitter_s)
+    return np.array(fills), np.concatenate(outputs), misses
+
+
+@pytest.mark.parametrize("drift", [0.001, -0.001, 0.003, -0.003])
+def test_drifting_clocks_keep_latency_bounded_and_no_repeating_misses(drift):
+    bridge = ClockBridge(target=TARGET)
+    silence = np.zeros(BLOCK, np.float32)
+    fills, _, misses = simulate(bridge, lambda k: silence, drift, seconds=300)
+    # Without correction the fill would wander by 16 samples/s per 0.1 %:
+    # 4800 samples (300 ms) over these 5 minutes at 0.1 %.
+    last_minute = fills[-int(60 * 16000 / BLOCK):]
+    assert last_minute.max() - TARGET < 2 * BLOCK
+    assert TARGET - last_minute.min() < BLOCK + BLOCK // 2
+    assert abs(last_minute.mean() - TARGET) < 8
+    assert not misses, f"reads found samples missing at {misses[:5]} s"
+    assert bridge.resyncs == 0
+    assert bridge.engaged
+
+
+def test_same_clock_passes_samples_unchanged():
+    """No drift, no resampling: the reader plays exactly what was written."""
+    bridge = ClockBridge(target=TARGET)
+    ramp = np.arange(16000 * 20, dtype=np.float32)
+    _, out, misses = simulate(bridge, lambda k: ramp[k * BLOCK:(k + 1) * BLOCK], 0.0, seconds=19, jitter_s=0.0005)
+    start = np.flatnonzero(out)[0]
+    played = out[start:]
+    assert np.array_equal(played, ramp[int(played[0]):int(played[0]) + len(played)])
+    assert not misses and not bridge.engaged
+
+
+def test_resampling_under_drift_keeps_the_signal_clean():
+    """While correcting 0.1 % drift the bridge resamples; a 440 Hz tone stays a clean tone."""
+    bridge = ClockBridge(target=TARGET)
+    tone = np.sin(2 * np.pi * 440 * np.arange(16000 * 40) / 16000).astype(np.float32)
+    _, out, misses = simulate(bridge, lambda k: tone[k * BLOCK:(k + 1) * BLOCK], 0.001, seconds=35)
+    assert not misses
+    seg = out[-16000 * 5:].astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(seg * np.hanning(len(seg)))) ** 2
+    peak = int(np.argmax(spectrum))
+    in_tone = spectrum[peak - 10:peak + 11].sum()
+    assert abs(peak / 5 - 440 / (1 + 0.001)) < 1.5  # the tone, time-stretched by the drift
+    assert 10 * np.log10(in_tone / (spectrum.sum() - in_tone)) > 40
+
+
+def test_late_writer_costs_silence_not_latency():
+    """A block that misses its deadline is played as silence and the latency stays put."""
+    bridge = ClockBridge(target=TARGET)
+    one = np.ones(BLOCK, np.float32)
+    out = np.zeros(BLOCK, np.float32)
+    for _ in range(3):
+        bridge.write(one)
+    for _ in range(50):
+        bridge.read(out)
+        bridge.write(one)
+    assert bridge.missed == 0
+    for _ in range(3):  # the writer stalls for three blocks
+        bridge.read(out)
+    assert bridge.missed >= 1 and out[-1] == 0.0
+    for _ in range(3):  # and comes back with the late blocks
+        bridge.write(one)
+    for _ in range(50):
+        bridge.write(one)
+        bridge.read(out)
+    assert out.min() == 1.0
+    assert abs(bridge.fill - TARGET) <= 2 * BLOCK
+
+
+def test_engine_behind_drifting_clocks(models_dir, audio_dir):
+    """The real engine in the writer's place, 0.1 % drift, 3 minutes: no misses, bounded delay."""
+    proc = engine.build("ns", model_dir=models_dir)
+    speech = read(audio_dir / "airconditioning.wav")
+    hops = len(speech) // BLOCK
+    hop_out = np.zeros(BLOCK, np.float32)
+
+    def source(k: int) -> np.ndarray:
+        j = k % hops
+        proc.process_hop(speech[j * BLOCK:(j + 1) * BLOCK], None, hop_out)
+        return hop_out
+
+    bridge = ClockBridge(target=TARGET)
+    fills, out, misses = simulate(bridge, source, -0.001, seconds=180)
+    assert not misses
+    assert np.ptp(fills[-7500:]) < 3 * BLOCK
+    assert np.sqrt(np.mean(out[-16000 * 10:] ** 2)) > 0.01  # the enhanced speech comes through
