@@ -68,8 +68,6 @@ class Settings:
     latency: Union[str, float] = 0.008
     #: blocks of 8 ms held between input and output to absorb jitter
     buffer_blocks: int = 2
-    #: run AEC model 1 and model 2 on two threads (one more block of latency)
-    pipeline: bool = False
     #: real-time (SCHED_FIFO) priority for the audio threads; 0: don't ask
     rt_priority: int = 20
     log_level: str = "info"
