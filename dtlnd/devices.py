@@ -53,24 +53,28 @@ def list_devices() -> list[Device]:
     return out
 
 
-def _card_numbers() -> dict[str, int]:
+def card_numbers(text: Optional[str] = None) -> dict[str, int]:
     """ALSA card id -> number, from /proc/asound/cards (empty without kernel sound)."""
     cards: dict[str, int] = {}
-    try:
-        text = Path("/proc/asound/cards").read_text()
-    except OSError:
-        return cards
+    if text is None:
+        try:
+            text = Path("/proc/asound/cards").read_text()
+        except OSError:
+            return cards
     for m in re.finditer(r"^\s*(\d+)\s+\[(\S+)\s*\]", text, re.MULTILINE):
         cards[m.group(2).lower()] = int(m.group(1))
     return cards
 
 
-def _match_hw(spec: str, devices: list[Device]) -> Optional[Device]:
+def match_hw(spec: str, devices: list[Device], cards: Optional[dict[str, int]] = None) -> Optional[Device]:
+    """The listed ``(hw:N,D)`` device an ALSA hardware name means, if any."""
     m = _HW.match(spec)
     if not m:
         return None
     card, dev = m.group(1), int(m.group(2) or 0)
-    number: Optional[int] = int(card) if card.isdigit() else _card_numbers().get(card.lower())
+    if cards is None:
+        cards = card_numbers()
+    number: Optional[int] = int(card) if card.isdigit() else cards.get(card.lower())
     for d in devices:
         lm = _LISTED_HW.search(d.name)
         if not lm or int(lm.group(2)) != dev:
@@ -94,7 +98,7 @@ def resolve(spec: Union[str, int], kind: str) -> Device:
         found = next((d for d in devices if d.index == idx), None)
     else:
         found = (next((d for d in usable if d.name == text), None)
-                 or _match_hw(text, usable)
+                 or match_hw(text, usable)
                  or _unique_substring(text, usable))
     if found is None or getattr(found, need) == 0:
         names = "; ".join(f"{d.index}: {d.name}" for d in usable) or "none"
