@@ -93,11 +93,12 @@ class Daemon:
     def run(self) -> int:
         self._signals()
         s = self.settings
+        # The first open checks the settings against the devices: a device
+        # name that does not exist is a configuration error, not an unplug,
+        # and its one-line error is all the user sees (so log after it).
+        self._open()
         log.info("dtlnd starting: mode %s, model %s, runtime %s", s.mode, self._model_label(),
                  self.processor_runtime())
-        # The first open checks the settings against the devices: a device
-        # name that does not exist is a configuration error, not an unplug.
-        self._open()
         started = time.monotonic()
         next_report = started + 1.0
         last_blocks, last_ping, last_ping_blocks = -1, 0.0, -1
