@@ -127,6 +127,33 @@ def _coerce(key: str, value: Any, default: Any, hint: str) -> Any:
     return value
 
 
+def _typos(a: str, b: str) -> int:
+    """Edits from ``a`` to ``b``; swapping two neighbours is one (optimal string alignment)."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        row = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                row[j] = min(row[j], prev2[j - 2] + 1)
+        prev2, prev = prev, row
+    return prev[-1]
+
+
+def _near(name: str, known: Mapping[str, Any]) -> list[str]:
+    """The keys ``name`` is a typo of: all those one or two edits away, nearest first.
+
+    difflib alone ranks 'mode' above 'model' for 'modle', so typo distance
+    comes first and every key at the smallest distance is offered.
+    """
+    dist = {k: _typos(name, k) for k in known}
+    best = min(dist.values())
+    if best <= min(2, len(name) // 2):
+        return [k for k in known if dist[k] == best]
+    return difflib.get_close_matches(name, known, n=1)
+
+
 def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix.rstrip('.') or 'the file'}: expected a mapping of settings, got {data!r}")
@@ -135,8 +162,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in known:
-            near = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; known keys: {', '.join(known)}"
+            near = " or ".join(f"'{prefix}{k}'" for k in _near(name, known))
+            hint = f"; did you mean {near}?" if near else f"; known keys: {', '.join(known)}"
             raise ConfigError(f"unknown setting '{prefix}{key}'{hint}")
         f = known[name]
         default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
