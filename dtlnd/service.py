@@ -66,6 +66,7 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = False
         self._ready = False
+        self._base = (0, 0)  # (input blocks, output callbacks) when the pipeline was opened
         self._first: Optional[Snapshot] = None
         self.totals = {"missed": 0, "resyncs": 0}
 
@@ -133,7 +134,7 @@ class Daemon:
                     lost_at, attempt, next_try = now, 0, now + BACKOFF[0]
                     self.notify(f"STATUS=audio lost ({reason}); retrying")
                     continue
-                if not self._ready and self.stats.outputs > 0 and self.stats.blocks > 0:
+                if not self._ready and self.stats.blocks > self._base[0] and self.stats.outputs > self._base[1]:
                     self._ready = True
                     self.notify("READY=1")
                     self._log_rt()
@@ -184,7 +185,13 @@ class Daemon:
     # -- opening and closing -----------------------------------------------------
 
     def _open(self) -> None:
+        """Open and start a pipeline; it counts as flowing once both callbacks ran *after* this.
+
+        The counters run on across reopens and reloads, so "flowing" is
+        measured from their values here, not from zero.
+        """
         self.pipeline = AudioPipeline(self.settings, self.processor, self.stats)
+        self._base = (self.stats.blocks, self.stats.outputs)
         self.pipeline.start()
 
     def _try_open(self) -> bool:
