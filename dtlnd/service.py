@@ -102,8 +102,12 @@ class Daemon:
                  self.processor_runtime())
         started = time.monotonic()
         next_report = started + 1.0
-        last_blocks, last_ping, last_ping_blocks = -1, 0.0, -1
-        stalled_since: Optional[float] = None
+        last_ping = 0.0
+        # Per direction (input blocks, output callbacks): the counts last
+        # seen, when each last moved, and the counts at the last WATCHDOG.
+        # Both must move: a wedged output under a live input is a stall too.
+        watched: Optional[AudioPipeline] = None
+        seen, moved, pinged = (-1, -1), [started, started], (-1, -1)
         report_from = 0
         lost_at: Optional[float] = None
         attempt = 0
@@ -117,16 +121,16 @@ class Daemon:
                 self._do_reload()
             p = self.pipeline
             if p is not None:
-                blocks = self.stats.blocks + self.stats.outputs
-                advancing = blocks != last_blocks
-                last_blocks = blocks
-                if advancing:
-                    stalled_since = None
-                elif stalled_since is None:
-                    stalled_since = now
-                dead = not p.active or (stalled_since is not None and now - stalled_since > STALL)
-                if dead:
-                    reason = "the stream stopped" if not p.active else f"no audio for {STALL:.1f} s"
+                if p is not watched:  # opened, reopened or reloaded: stall clocks start now
+                    watched, seen, moved = p, (-1, -1), [now, now]
+                counts = (self.stats.blocks, self.stats.outputs)
+                moved = [now if c != old else t for c, old, t in zip(counts, seen, moved)]
+                seen = counts
+                quiet = [now - t for t in moved]
+                if not p.active or max(quiet) > STALL:
+                    # Name the side only when the other one was still moving lately.
+                    side = "" if min(quiet) > STALL / 2 else ("input " if quiet[0] > quiet[1] else "output ")
+                    reason = "the stream stopped" if not p.active else f"no {side}audio for {STALL:.1f} s"
                     if self.stats.last_error is not None:
                         reason += f" (callback error: {self.stats.last_error})"
                     log.warning("audio lost: %s; reopening with backoff", reason)
@@ -139,9 +143,10 @@ class Daemon:
                     self.notify("READY=1")
                     self._log_rt()
                     log.info("audio flowing: %s", p.describe())
-                if self._ready and self.stats.blocks != last_ping_blocks and now - last_ping >= self.notify.watchdog_interval:
+                flowing = counts[0] != pinged[0] and counts[1] != pinged[1]
+                if self._ready and flowing and now - last_ping >= self.notify.watchdog_interval:
                     self.notify("WATCHDOG=1")
-                    last_ping, last_ping_blocks = now, self.stats.blocks
+                    last_ping, pinged = now, counts
             else:
                 # Waiting for a device: the loop itself is alive, so keep
                 # systemd's watchdog fed while it retries.
@@ -152,7 +157,6 @@ class Daemon:
                     if self._try_open():
                         log.info("audio resumed after %.1f s", now - (lost_at or now))
                         self._ready = False
-                        last_blocks, stalled_since = -1, None
                     else:
                         attempt += 1
                         next_try = now + BACKOFF[min(attempt, len(BACKOFF) - 1)]
