@@ -21,6 +21,9 @@ except ImportError:  # optional speed-up
     pyfftw = None
 
 
+_NUMPY_FFT_OUT = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+
+
 def fft_backends() -> list[str]:
     """Backends usable here, fastest first."""
     return (["pyfftw"] if pyfftw is not None else []) + ["numpy"]
@@ -71,11 +74,18 @@ class RealFFT:
         self.masked.fill(0.0)
         out.fill(0.0)
 
-    def _forward_numpy(self) -> None:
-        np.fft.rfft(self.window, out=self.spectrum)
+    if _NUMPY_FFT_OUT:
+        def _forward_numpy(self) -> None:
+            np.fft.rfft(self.window, out=self.spectrum)
 
-    def _inverse_numpy(self) -> None:
-        np.fft.irfft(self.masked, n=BLOCK, norm="forward", out=self.out)
+        def _inverse_numpy(self) -> None:
+            np.fft.irfft(self.masked, n=BLOCK, norm="forward", out=self.out)
+    else:  # numpy < 2 (32-bit Pi OS with tflite-runtime): no out= arguments
+        def _forward_numpy(self) -> None:
+            self.spectrum[:] = np.fft.rfft(self.window)
+
+        def _inverse_numpy(self) -> None:
+            self.out[:] = np.fft.irfft(self.masked, n=BLOCK, norm="forward")
 
 
 class SlidingWindow:

@@ -178,10 +178,12 @@ def test_hop_path_allocates_nothing(models_dir, farend, mode, fft):
     hop = proc.process_hop
     loop_kept, loop_peak = map(max, zip(*(_traced(lambda: blocks(noop)) for _ in range(3))))
     kept, peak = map(min, zip(*(_traced(lambda: blocks(hop)) for _ in range(3))))
-    assert kept <= loop_kept, f"{kept - loop_kept} bytes kept by the hop path"
     if fft == "pyfftw":
+        assert kept <= loop_kept, f"{kept - loop_kept} bytes kept by the hop path"
         assert peak <= loop_peak, f"{peak - loop_peak} bytes allocated on the hop path"
     else:
-        # numpy.fft allocates work buffers inside every call (and frees them):
-        # the reason pyfftw is the real-time backend.  Nothing else may.
-        assert peak - loop_peak < 16384
+        # numpy.fft allocates work buffers inside every call (and frees them;
+        # numpy 1.x also keeps a small plan cache): the reason pyfftw is the
+        # real-time backend.  Nothing else may allocate.
+        assert kept - loop_kept < 1024
+        assert peak - loop_peak < 32768  # a few FFT-sized arrays at a time, never more
