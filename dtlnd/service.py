@@ -154,7 +154,7 @@ class Daemon:
                     self.notify("WATCHDOG=1")
                     last_ping = now
                 if now >= next_try:
-                    if self._try_open():
+                    if self._reopen() is None:
                         log.info("audio resumed after %.1f s", now - (lost_at or now))
                         self._ready = False
                     else:
@@ -198,19 +198,19 @@ class Daemon:
         self._base = (self.stats.blocks, self.stats.outputs)
         self.pipeline.start()
 
-    def _try_open(self) -> bool:
+    def _reopen(self) -> Optional[Exception]:
+        """Open for the current settings with a fresh device list (PortAudio lists once per init).
+
+        Returns why the devices did not open, with nothing left open, or None.
+        """
         try:
             devices.reinitialize()
             self._open()
-        except DtlndError as exc:
+        except Exception as exc:  # DtlndError, or PortAudio's own while a device is gone
             log.debug("reopen failed: %s", exc)
-            self.pipeline = None
-            return False
-        except Exception as exc:  # PortAudio errors while the device is gone
-            log.debug("reopen failed: %s", exc)
-            self.pipeline = None
-            return False
-        return True
+            self._close()
+            return exc
+        return None
 
     def _close(self) -> None:
         p, self.pipeline = self.pipeline, None
@@ -234,12 +234,17 @@ class Daemon:
         self._close()
         self.settings, self.processor = new, processor
         self._ready = False
-        try:
-            self._open()
-        except DtlndError as exc:
-            log.error("reload failed, back to the running configuration: %s", exc)
+        # Neither failure may end the daemon: a reload can come while a
+        # device is unplugged, and then the old settings do not open either;
+        # the supervisor's retry loop takes over from a closed pipeline.
+        error = self._reopen()
+        if error is not None:
+            log.error("reload failed, back to the running configuration: %s", error)
             self.settings, self.processor = old
-            self._open()
+            error = self._reopen()
+            if error is not None:
+                log.warning("the running configuration does not open either (%s); retrying", error)
+            return
         log.info("reloaded: %s", self.pipeline.describe() if self.pipeline else "")
 
     # -- reporting -----------------------------------------------------------
