@@ -162,6 +162,8 @@ class Daemon:
                         next_try = now + BACKOFF[min(attempt, len(BACKOFF) - 1)]
             if now >= next_report:
                 next_report += 1.0
+                if next_report <= now:  # the loop was held up (a close that blocked): no catch-up burst
+                    next_report = now + 1.0
                 snap = self.snapshot(now - started, report_from)
                 report_from = self.stats.blocks
                 if snap is not None:
