@@ -133,10 +133,13 @@ class Daemon:
                     reason = "the stream stopped" if not p.active else f"no {side}audio for {STALL:.1f} s"
                     if self.stats.last_error is not None:
                         reason += f" (callback error: {self.stats.last_error})"
+                        self.stats.last_error = None  # reported; a later loss names its own
                     log.warning("audio lost: %s; reopening with backoff", reason)
+                    # Before closing: a close can block on a wedged driver, and
+                    # systemd should show why the watchdog pings stopped.
+                    self.notify(f"STATUS=audio lost ({reason}); retrying")
                     self._close()
                     lost_at, attempt, next_try = now, 0, now + BACKOFF[0]
-                    self.notify(f"STATUS=audio lost ({reason}); retrying")
                     continue
                 if not self._ready and self.stats.blocks > self._base[0] and self.stats.outputs > self._base[1]:
                     self._ready = True
