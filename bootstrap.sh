@@ -11,8 +11,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 # libportaudio2: sounddevice's Linux wheel has no PortAudio of its own.
 # libsndfile1: soundfile.  alsa-utils, libasound2-plugins, jackd2: aplay and
 # arecord, and the user-space audio rig the tests run the ALSA path through.
-# systemd: systemd-analyze, which checks the unit file.
-APT_PACKAGES=(libportaudio2 libsndfile1 alsa-utils libasound2-plugins jackd2 systemd python3-venv)
+# systemd, kmod: systemd-analyze and modprobe, which check the unit and
+# the modprobe.d file.
+APT_PACKAGES=(libportaudio2 libsndfile1 alsa-utils libasound2-plugins jackd2 systemd kmod python3-venv)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
