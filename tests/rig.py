@@ -1,0 +1,319 @@
+"""The user-space audio rig (shared/alsa-rig) for tests of ``dtlnd run``.
+
+A `Rig` is one jackd (dummy backend, 16 kHz, 128-frame periods) under its
+own server name, plus the ALSA PCMs of ``asoundrc.rig`` that stand in for
+the microphone and for hw:Loopback,0/1.  Everything that touches it (the
+daemon, ``arecord``, ``aplay``) runs as a subprocess with `Rig.env`:
+PortAudio enumerates ALSA devices once per process, so the environment has
+to be in place before it starts.
+
+The extra PCM ``probe_mic_loop`` captures the microphone bus and the
+loopback in the same JACK cycle: one ``arecord`` of it gives the
+end-to-end delay by cross-correlation.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pytest
+
+RATE = 16000
+REQUIRED_TOOLS = ("jackd", "jack_load", "jack_wait", "arecord", "aplay")
+
+PROBE_PCM = """
+pcm.probe_mic_loop {
+    type jack
+    name "probe_mic_loop"
+    align_psize false
+    capture_ports { 0 "mic_bus:output" 1 "aloop:output" }
+}
+"""
+
+
+def rig_dir(shared: Path) -> Path:
+    return Path(os.environ.get("DTLND_RIG_DIR", shared / "alsa-rig"))
+
+
+def require_rig(shared: Path) -> Path:
+    """The rig's folder; skip (or, with DTLND_REQUIRE_AUDIO_RIG=1, fail) when it cannot run here."""
+    missing = [t for t in REQUIRED_TOOLS if not shutil.which(t)]
+    folder = rig_dir(shared)
+    if not (folder / "rig.sh").exists():
+        missing.append(str(folder / "rig.sh"))
+    if ctypes.util.find_library("portaudio") is None:  # sounddevice's Linux wheel ships none
+        missing.append("libportaudio2")
+    if missing:
+        why = f"audio rig not available: missing {', '.join(missing)}"
+        if os.environ.get("DTLND_REQUIRE_AUDIO_RIG") == "1":
+            pytest.fail(why + " (DTLND_REQUIRE_AUDIO_RIG=1)")
+        pytest.skip(why)
+    return folder
+
+
+class Rig:
+    """One jackd + buses under a unique server name, with its run folder in ``root``."""
+
+    def __init__(self, folder: Path, root: Path, label: str = "t") -> None:
+        self.folder = folder
+        self.server = f"dtlnd_{label}_{uuid.uuid4().hex[:8]}"
+        self.run_dir = root / "rig"
+        self.alsa_conf = root / "asoundrc.test"
+        # The rig's PCMs plus the probe; asoundrc.rig itself pulls in alsa.conf.
+        self.alsa_conf.write_text(f"<{folder / 'asoundrc.rig'}>\n{PROBE_PCM}")
+        base = dict(os.environ, RIG_JACK_SERVER=self.server, RIG_RUN_DIR=str(self.run_dir))
+        self._script_env = base
+        out = subprocess.run([str(folder / "rig.sh"), "env"], env=base, check=True, capture_output=True,
+                             text=True).stdout
+        env = dict(base)
+        for line in out.splitlines():  # export NAME='value'
+            name, _, value = line[len("export "):].partition("=")
+            env[name] = value.strip("'")
+        env["ALSA_CONFIG_PATH"] = str(self.alsa_conf)
+        env.pop("NOTIFY_SOCKET", None)
+        env.pop("WATCHDOG_USEC", None)
+        env.pop("JOURNAL_STREAM", None)
+        self.env = env
+
+    def _script(self, action: str, timeout: float) -> None:
+        r = subprocess.run([str(self.folder / "rig.sh"), action], env=self._script_env, capture_output=True,
+                           text=True, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"rig.sh {action} failed ({r.returncode}): {r.stdout}{r.stderr}")
+
+    def start(self) -> None:
+        self._script("start", 30)
+
+    def stop(self) -> None:
+        self._script("stop", 40)
+
+    @property
+    def jackd_pid(self) -> int:
+        return int((self.run_dir / "jackd.pid").read_text())
+
+    def with_env(self, **extra: str) -> dict[str, str]:
+        return dict(self.env, **extra)
+
+
+# -- processes ------------------------------------------------------------------
+
+
+class Proc:
+    """A subprocess whose stdout and stderr lines are collected, time-stamped, by threads."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str], cwd: Optional[Path] = None) -> None:
+        self.args = list(args)
+        self.started = time.monotonic()
+        self.p = subprocess.Popen(self.args, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.out: list[tuple[float, str]] = []
+        self.err: list[tuple[float, str]] = []
+        self._cond = threading.Condition()
+        self._readers = [threading.Thread(target=self._read, args=(s, lines), daemon=True)
+                         for s, lines in ((self.p.stdout, self.out), (self.p.stderr, self.err))]
+        for t in self._readers:
+            t.start()
+
+    def _read(self, stream, lines: list) -> None:
+        for line in stream:
+            with self._cond:
+                lines.append((time.monotonic(), line.rstrip("\n")))
+                self._cond.notify_all()
+        stream.close()
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
+
+    @property
+    def stdout(self) -> str:
+        return "\n".join(line for _, line in self.out)
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(line for _, line in self.err)
+
+    def wait_for(self, pattern: str, timeout: float = 15.0, stream: str = "err", after: float = 0.0) -> str:
+        """The first line (logged at or after ``after``) matching ``pattern``; fail on timeout or exit."""
+        rx = re.compile(pattern)
+        lines = self.err if stream == "err" else self.out
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for t, line in lines:
+                    if t >= after and rx.search(line):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.p.poll() is not None and not any(r.is_alive() for r in self._readers)):
+                    raise AssertionError(f"no line matching {pattern!r} in {timeout} s; exit status "
+                                         f"{self.p.poll()}; stderr:\n{self.stderr}\nstdout:\n{self.stdout}")
+                self._cond.wait(min(left, 0.1))
+
+    def lines(self, pattern: str, stream: str = "err") -> list[tuple[float, str]]:
+        rx = re.compile(pattern)
+        with self._cond:
+            return [(t, line) for t, line in (self.err if stream == "err" else self.out) if rx.search(line)]
+
+    def signal(self, sig: int) -> float:
+        t = time.monotonic()
+        self.p.send_signal(sig)
+        return t
+
+    def wait(self, timeout: float = 15.0) -> int:
+        rc = self.p.wait(timeout)
+        for t in self._readers:
+            t.join(5)
+        return rc
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait(10)
+        for t in self._readers:
+            t.join(5)
+
+
+def daemon(rig: Rig, *args: object, env: Optional[dict[str, str]] = None, cwd: Optional[Path] = None) -> Proc:
+    """``dtlnd run ARGS`` as a subprocess on the rig."""
+    return Proc([sys.executable, "-m", "dtlnd", "run", *map(str, args)], env or rig.env, cwd)
+
+
+class Recorder:
+    """``arecord`` of a rig PCM into a raw float32 file; `stop` returns the samples (frames x channels)."""
+
+    def __init__(self, rig: Rig, path: Path, pcm: str = "rig_loop_rec", channels: int = 1) -> None:
+        self.path, self.channels = path, channels
+        self.started = time.monotonic()
+        self.p = subprocess.Popen(["arecord", "-q", "-D", pcm, "-f", "FLOAT_LE", "-r", str(RATE), "-c",
+                                   str(channels), "-t", "raw", str(path)], env=rig.env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def samples(self) -> np.ndarray:
+        x = np.fromfile(self.path, "<f4")
+        return x[: len(x) - len(x) % self.channels].reshape(-1, self.channels)
+
+    def stop(self) -> np.ndarray:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGINT)
+        try:
+            self.p.wait(10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait(5)
+        err = self.p.stderr.read() if self.p.stderr else ""
+        if self.p.stderr:
+            self.p.stderr.close()
+        assert self.p.returncode in (0, 1, -signal.SIGINT), f"arecord failed ({self.p.returncode}): {err}"
+        return self.samples()
+
+
+def play(rig: Rig, wav: Path, pcm: str = "rig_src", timeout: float = 60.0) -> subprocess.Popen:
+    """``aplay`` ``wav`` into a rig PCM, in the background."""
+    return subprocess.Popen(["aplay", "-q", "-D", pcm, str(wav)], env=rig.env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+# -- systemd's notify socket ----------------------------------------------------------
+
+
+class NotifySocket:
+    """An AF_UNIX datagram socket that collects sd_notify messages, time-stamped."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "notify.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, str]] = []
+        self._cond = threading.Condition()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            now = time.monotonic()
+            with self._cond:
+                for line in data.decode(errors="replace").splitlines():
+                    self.messages.append((now, line))
+                self._cond.notify_all()
+
+    def env(self, watchdog_usec: int = 1_000_000) -> dict[str, str]:
+        return {"NOTIFY_SOCKET": str(self.path), "WATCHDOG_USEC": str(watchdog_usec)}
+
+    def wait_for(self, prefix: str, timeout: float = 15.0, after: float = 0.0) -> tuple[float, str]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for t, m in self.messages:
+                    if t >= after and m.startswith(prefix):
+                        return t, m
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no {prefix!r} in {timeout} s; got {self.messages}")
+                self._cond.wait(min(left, 0.1))
+
+    def times(self, prefix: str, start: float = 0.0, end: float = float("inf")) -> list[float]:
+        with self._cond:
+            return [t for t, m in self.messages if m.startswith(prefix) and start <= t < end]
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+# -- signals ----------------------------------------------------------------------------
+
+
+def write_raw(path: Path, x: np.ndarray) -> Path:
+    """Raw float32 little-endian, interleaved: what ``$RIG_IN_FILE`` holds."""
+    np.ascontiguousarray(x, "<f4").tofile(path)
+    return path
+
+
+def lag(y: np.ndarray, x: np.ndarray, max_lag: Optional[int] = None) -> int:
+    """The delay ``d`` (samples, >= 0 when ``max_lag`` is given) that best aligns ``y[n + d]`` with ``x[n]``."""
+    y = np.asarray(y, np.float64)
+    x = np.asarray(x, np.float64)
+    n = 1 << (len(x) + len(y) - 1).bit_length()
+    c = np.fft.irfft(np.fft.rfft(y, n) * np.conj(np.fft.rfft(x, n)), n)
+    if max_lag is not None:
+        return int(np.argmax(c[: max_lag + 1]))
+    k = int(np.argmax(np.abs(c)))
+    return k - n if k > n // 2 else k
+
+
+def sound_runs(x: np.ndarray, block: int = 128) -> list[tuple[int, int]]:
+    """(start, end) sample ranges of consecutive blocks that are not all exact zeros."""
+    n = len(x) // block
+    loud = np.any(x[: n * block].reshape(n, block) != 0, axis=1)
+    runs, start = [], None
+    for i, v in enumerate(loud):
+        if v and start is None:
+            start = i
+        elif not v and start is not None:
+            runs.append((start * block, i * block))
+            start = None
+    if start is not None:
+        runs.append((start * block, n * block))
+    return runs
