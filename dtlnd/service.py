@@ -68,7 +68,7 @@ class Daemon:
         self._ready = False
         self._base = (0, 0)  # (input blocks, output callbacks) when the pipeline was opened
         self._first: Optional[Snapshot] = None
-        self.totals = {"missed": 0, "resyncs": 0}
+        self.totals = {"missed": 0, "resyncs": 0, "lost": 0}
 
     # -- set-up --------------------------------------------------------------
 
@@ -135,6 +135,7 @@ class Daemon:
                         reason += f" (callback error: {self.stats.last_error})"
                         self.stats.last_error = None  # reported; a later loss names its own
                     log.warning("audio lost: %s; reopening with backoff", reason)
+                    self.totals["lost"] += 1
                     # Before closing: a close can block on a wedged driver, and
                     # systemd should show why the watchdog pings stopped.
                     self.notify(f"STATUS=audio lost ({reason}); retrying")
@@ -268,15 +269,17 @@ class Daemon:
         if snap is None:
             self.out("dtlnd measure: no audio was processed")
             return 1
-        ok = snap.xruns == 0 and snap.missed == 0
+        # Seconds without audio are no better than an xrun: they fail the run too.
+        ok = snap.xruns == 0 and snap.missed == 0 and self.totals["lost"] == 0
         self.out(f"summary: {snap.seconds:.1f} s, {snap.blocks} blocks, mode {self.settings.mode}, "
                  f"model {self._model_label()}")
         self.out(f"  engine per block: mean {snap.mean_ms:.3f} ms, p99 {snap.p99_ms:.3f} ms, max {snap.max_ms:.3f} ms"
                  f" ({100 * snap.budget_share:.1f}% of the 8 ms budget; {snap.late} blocks over it)")
         self.out(f"  xruns: input overflow {snap.input_overflows}, output underflow {snap.output_underflows}; "
-                 f"deadline misses {snap.missed}; buffer re-centred {snap.resyncs} times")
+                 f"deadline misses {snap.missed}; buffer re-centred {snap.resyncs} times; "
+                 f"audio lost {self.totals['lost']} times")
         self.out(f"  latency: {snap.latency}")
-        self.out(f"  result: {'OK' if ok else 'FAIL: xruns or deadline misses'}")
+        self.out(f"  result: {'OK' if ok else 'FAIL: xruns, deadline misses or lost audio'}")
         return 0 if ok else 1
 
 
