@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from types import SimpleNamespace
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import pytest
@@ -103,11 +103,16 @@ def fake(monkeypatch):
 
 
 def run_daemon(tmp_path, duration: float, script: list[tuple[float, Callable[[service.Daemon], None]]],
-               config_text: str = "model: first\n") -> tuple[int, service.Daemon, Notes]:
-    """Run the loop for ``duration`` s in this (main) thread; ``script`` acts at given times."""
+               config_text: str = "model: first\n",
+               measure: Optional[list[str]] = None) -> tuple[int, service.Daemon, Notes]:
+    """Run the loop for ``duration`` s in this (main) thread; ``script`` acts at given times.
+
+    ``measure``: run with --measure, its report lines appended to this list.
+    """
     cfg = tmp_path / "dtlnd.yaml"
     cfg.write_text(config_text)
-    d = service.Daemon(config.load(cfg), cfg, {}, duration=duration, out=lambda line: None)
+    d = service.Daemon(config.load(cfg), cfg, {}, measure=measure is not None, duration=duration,
+                       out=(measure.append if measure is not None else lambda line: None))
     notes = Notes()
     d.notify = notes
 
@@ -180,6 +185,18 @@ def test_a_blocking_close_is_not_followed_by_a_burst_of_reports(fake, tmp_path, 
     t_back = times_of(caplog, "audio resumed")[0]
     reports = [t for t, m in notes.sent if m.startswith("STATUS=ns") and t >= t_back]
     assert len(reports) >= 2 and min(np.diff(reports)) > 0.5, np.round(np.diff(reports), 2)
+
+
+def test_measure_fails_a_run_that_lost_audio(fake, tmp_path):
+    lines: list[str] = []
+
+    def kill_stream(d):
+        d.pipeline.active = False
+
+    status, d, notes = run_daemon(tmp_path, 2.0, [(0.5, kill_stream)], measure=lines)
+    assert status == 1
+    assert any(line.endswith("audio lost 1 times") for line in lines), lines
+    assert lines[-1] == "  result: FAIL: xruns, deadline misses or lost audio"
 
 
 def test_reload_while_the_device_is_gone_keeps_the_daemon_alive(fake, tmp_path, caplog):
