@@ -86,6 +86,7 @@ class Rig:
         env.pop("NOTIFY_SOCKET", None)
         env.pop("WATCHDOG_USEC", None)
         env.pop("JOURNAL_STREAM", None)
+        env.pop("RIG_IN_FILE", None)
         self.env = env
 
     def _script(self, action: str, timeout: float) -> None:
@@ -110,6 +111,17 @@ class Rig:
 
 # -- processes ------------------------------------------------------------------
 
+_started: list[subprocess.Popen] = []  # every daemon, arecord and aplay, for `kill_leftovers`
+
+
+def kill_leftovers() -> None:
+    """Kill what a failed test left running (it would hold the rig's PCMs)."""
+    while _started:
+        p = _started.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
 
 class Proc:
     """A subprocess whose stdout and stderr lines are collected, time-stamped, by threads."""
@@ -119,6 +131,7 @@ class Proc:
         self.started = time.monotonic()
         self.p = subprocess.Popen(self.args, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, bufsize=1)
+        _started.append(self.p)
         self.out: list[tuple[float, str]] = []
         self.err: list[tuple[float, str]] = []
         self._cond = threading.Condition()
@@ -200,6 +213,7 @@ class Recorder:
         self.p = subprocess.Popen(["arecord", "-q", "-D", pcm, "-f", "FLOAT_LE", "-r", str(RATE), "-c",
                                    str(channels), "-t", "raw", str(path)], env=rig.env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _started.append(self.p)
 
     def samples(self) -> np.ndarray:
         x = np.fromfile(self.path, "<f4")
@@ -220,10 +234,12 @@ class Recorder:
         return self.samples()
 
 
-def play(rig: Rig, wav: Path, pcm: str = "rig_src", timeout: float = 60.0) -> subprocess.Popen:
+def play(rig: Rig, wav: Path, pcm: str = "rig_src") -> subprocess.Popen:
     """``aplay`` ``wav`` into a rig PCM, in the background."""
-    return subprocess.Popen(["aplay", "-q", "-D", pcm, str(wav)], env=rig.env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    p = subprocess.Popen(["aplay", "-q", "-D", pcm, str(wav)], env=rig.env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
+    _started.append(p)
+    return p
 
 
 # -- systemd's notify socket ----------------------------------------------------------

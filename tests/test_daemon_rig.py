@@ -32,7 +32,8 @@ import pytest
 import soundfile as sf
 
 from audio_util import read, rms_dbfs, snr_db
-from rig import RATE, NotifySocket, Proc, Recorder, Rig, daemon, lag, play, require_rig, sound_runs, write_raw
+from rig import (RATE, NotifySocket, Proc, Recorder, Rig, daemon, kill_leftovers, lag, play, require_rig, sound_runs,
+                 write_raw)
 
 AIRCON = "airconditioning.wav"
 NEAR_MIC = "DLhjtuwiEkS-68TsUVvW5g_nearend_singletalk_mic.wav"
@@ -61,6 +62,12 @@ def rig(rig_folder: Path, tmp_path_factory: pytest.TempPathFactory):
         yield r
     finally:
         r.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    yield
+    kill_leftovers()
 
 
 @pytest.fixture(scope="session")
