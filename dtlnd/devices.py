@@ -9,6 +9,8 @@ are mapped to card numbers through /proc/asound (or the listed card name).
 
 from __future__ import annotations
 
+import atexit
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +24,52 @@ _HW = re.compile(r"^(?:plug)?hw:(?:CARD=)?([^,]+)(?:,(?:DEV=)?(\d+))?(?:,(?:SUBD
 _LISTED_HW = re.compile(r"\(hw:(\d+),(\d+)\)$")
 
 
+_jack_server: Optional[tuple[int, int]] = None  # the JACK server PortAudio joined at init
+
+
 def sd():
     """sounddevice, imported on first use (it loads PortAudio and enumerates devices)."""
+    global _jack_server
     import sounddevice
 
+    if _jack_server is None:
+        _jack_server = _jack_server_identity()
     return sounddevice
 
 
-def reinitialize() -> None:
-    """Restart PortAudio so that its device list is fresh (after an unplug)."""
+def _jack_server_identity() -> Optional[tuple[int, int]]:
+    """Inode and time of the JACK2 server's socket, when PortAudio's JACK host API could join one.
+
+    jackd2 makes ``/dev/shm/jack_<server>_<uid>_0`` when it starts: a
+    missing or different file means the server PortAudio joined has gone.
+    """
+    name = os.environ.get("JACK_DEFAULT_SERVER", "default")
+    try:
+        st = os.stat(f"/dev/shm/jack_{name}_{os.getuid()}_0")
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def reinitialize() -> bool:
+    """Restart PortAudio so that its device list is fresh (after an unplug).
+
+    Not once the JACK server that PortAudio's JACK host API joined at
+    initialisation (a jackd running on the machine) has gone: PortAudio 19.6
+    aborts in Pa_Terminate then (PortAudio #819).  The old list is kept (ALSA
+    PCM names stay valid; only a USB card that comes back under a new number
+    is missed) and PortAudio's own shutdown at exit is skipped too, for the
+    same reason.  Returns whether it restarted.
+    """
+    global _jack_server
     s = sd()
+    if _jack_server is not None and _jack_server_identity() != _jack_server:
+        atexit.unregister(s._exit_handler)
+        return False
     s._terminate()
     s._initialize()
+    _jack_server = _jack_server_identity()
+    return True
 
 
 @dataclass(frozen=True)
