@@ -93,7 +93,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="settings file (default: /etc/dtlnd/dtlnd.yaml if it exists); options below override it")
     p.add_argument("--measure", action="store_true",
                    help="print engine time, xruns, deadline misses and latency once a second, and a summary; "
-                        "exit 1 if any xrun or deadline miss occurred")
+                        "exit 1 if any xrun, deadline miss or loss of audio occurred")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
     p.add_argument("--log-level", dest="run_log_level", choices=["debug", "info", "warning", "error"],
                    help="what to log (default: info, or log_level from the config file)")

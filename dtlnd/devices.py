@@ -135,7 +135,8 @@ def resolve(spec: Union[str, int], kind: str) -> Device:
     else:
         found = (next((d for d in usable if d.name == text), None)
                  or match_hw(text, usable)
-                 or _unique_substring(text, usable))
+                 or _unique_substring(text, usable)
+                 or next((d for d in devices if d.name == text), None))  # exists, wrong direction
     if found is None or getattr(found, need) == 0:
         names = "; ".join(f"{d.index}: {d.name}" for d in usable) or "none"
         why = "has no " + kind + " channels" if found is not None else "not found"

@@ -236,6 +236,7 @@ class Daemon:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
         log.info("reloading: mode %s, model %s", new.mode, new.model or "default")
+        self.notify("RELOADING=1")
         old = (self.settings, self.processor)
         self._close()
         self.settings, self.processor = new, processor
