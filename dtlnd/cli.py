@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from . import __version__
 from .errors import DtlndError, UsageError
@@ -24,7 +24,7 @@ log = logging.getLogger("dtlnd")
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line and exit status 64."""
 
-    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+    def error(self, message: str) -> NoReturn:
         self.exit(UsageError.exit_status, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,3 +25,9 @@ def snr_db(ref: np.ndarray, test: np.ndarray) -> float:
     ref = np.asarray(ref, np.float64)
     err = ref - np.asarray(test, np.float64)
     return 10 * np.log10(np.sum(ref ** 2) / (np.sum(err ** 2) + 1e-30))
+
+
+def dtlnd(*args: object) -> subprocess.CompletedProcess:
+    """Run the real command line, ``python -m dtlnd ARGS``."""
+    return subprocess.run([sys.executable, "-m", "dtlnd", *map(str, args)], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=120)

@@ -7,10 +7,8 @@ output not writable, 78 bad configuration or model.
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +19,7 @@ import soundfile as sf
 from dtlnd.errors import ModelError
 from dtlnd.runtime import load_runtime
 
-from audio_util import read
+from audio_util import dtlnd, read
 
 AIRCON = "airconditioning.wav"
 MIC = "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk_mic.wav"
@@ -29,12 +27,6 @@ LPB = "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk_lpb.wav"
 
 ARGPARSE = "dtlnd process: error:"
 DTLND = "dtlnd: error:"
-
-
-def dtlnd(*args: object) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DTLND_MODEL_DIR=os.environ["DTLND_MODEL_DIR"])
-    return subprocess.run([sys.executable, "-m", "dtlnd", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=120)
 
 
 def files_below(root: Path) -> dict[Path, bytes]:

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +28,11 @@ from dtlnd import engine, offline
 from dtlnd.cli import build_parser
 from dtlnd.runtime import installed_runtimes
 
-from audio_util import read, snr_db
+from audio_util import dtlnd, read, snr_db
 
 AIRCON = "airconditioning.wav"
 MIC = "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk_mic.wav"
 LPB = "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk_lpb.wav"
-
-
-def dtlnd(*args: object) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DTLND_MODEL_DIR=os.environ["DTLND_MODEL_DIR"])
-    return subprocess.run([sys.executable, "-m", "dtlnd", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=120)
 
 
 def ok(*args: object) -> subprocess.CompletedProcess:
