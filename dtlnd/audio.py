@@ -25,6 +25,7 @@ from . import devices
 from .bridge import ClockBridge
 from .config import FORMATS, Settings
 from .engine import BlockStream, HopProcessor
+from .errors import DeviceError
 from .measure import BlockStats, Latency
 
 RATE = 16000
@@ -58,8 +59,6 @@ class AudioPipeline:
         self.in_dev = devices.resolve(s.input.device, "input")
         self.out_dev = devices.resolve(s.output.device, "output")
         if n_in > self.in_dev.max_input_channels:
-            from .errors import DeviceError
-
             raise DeviceError(f"input.channels {n_in}: device {self.in_dev.name!r} has only "
                               f"{self.in_dev.max_input_channels} input channel(s)")
         self.in_rate = devices.pick_rate(self.in_dev, "input", s.input.rate, n_in)

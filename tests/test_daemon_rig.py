@@ -544,3 +544,31 @@ def test_devices_lists_the_rig(rig):
                 "rig_file_mic_in": (1, 0, "yes", "-"), "probe_mic_loop": (2, 0, "yes", "-")}
     for name, want in expected.items():
         assert rows.get(name) == want, f"{name}: {rows.get(name)}\n{r.stdout}"
+
+
+# -- 48 kHz devices: resampled in process ---------------------------------------------------
+
+def test_48k_devices_are_resampled_in_process(rig, audio_dir, tmp_path):
+    """A device that runs at 48 kHz is opened at 48 kHz: soxr down to the engine, the bridge
+    back up.  The rig's ALSA-only PCMs take any rate but are unclocked (they run as fast
+    as the CPU), so this checks the path and the sound, not timing."""
+    import soxr
+
+    x = read(audio_dir / "airconditioning.wav")
+    raw_in = tmp_path / "in48.f32"
+    np.tile(soxr.resample(x, 16000, 48000).astype("<f4"), 40).tofile(raw_in)
+    raw_out = tmp_path / "out48.f32"
+    r = dtlnd("run", "--input", "rig_fast_in", "--output", "rig_fast_out", "--input-rate", "48000",
+              "--output-rate", "48000", "--output-format", "FLOAT_LE", "--duration", "1.5",
+              env=rig.with_env(RIG_IN_FILE=str(raw_in), RIG_OUT_FILE=str(raw_out)))
+    assert "Traceback" not in r.stderr, r.stderr
+    assert "runs at 48000 Hz: resampling to 16000 Hz" in r.stderr
+    assert "runs at 48000 Hz: resampling from 16000 Hz" in r.stderr
+    y = np.fromfile(raw_out, "<f4").astype(np.float64)
+    start = np.flatnonzero(np.abs(y) > 1e-4)[0] + 48000
+    seg = y[start:start + 48000 * 5]
+    assert len(seg) == 48000 * 5 and rms_dbfs(seg) > -40
+    power = np.abs(np.fft.rfft(seg * np.hanning(len(seg)))) ** 2
+    freq = np.fft.rfftfreq(len(seg), 1 / 48000)
+    # 16 kHz audio carries nothing above 8 kHz: what is there is resampling images.
+    assert 10 * np.log10(power[freq < 8000].sum() / power[freq > 8500].sum()) > 20
