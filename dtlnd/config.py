@@ -10,7 +10,7 @@ the nearest valid name suggested.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -252,10 +252,6 @@ def load(path: Optional[Path] = None, overrides: Optional[Mapping[str, Any]] = N
         return _validate(_build(Settings, merged))
     except ConfigError as exc:
         raise ConfigError(f"{where}{exc}") from None
-
-
-def with_changes(s: Settings, **changes: Any) -> Settings:
-    return _validate(replace(s, **changes))
 
 
 def as_dict(s: Any) -> Any:

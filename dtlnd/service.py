@@ -67,7 +67,6 @@ class Daemon:
         self._reload = False
         self._ready = False
         self._base = (0, 0)  # (input blocks, output callbacks) when the pipeline was opened
-        self._first: Optional[Snapshot] = None
         self.totals = {"missed": 0, "resyncs": 0, "lost": 0}
 
     # -- set-up --------------------------------------------------------------
@@ -176,7 +175,7 @@ class Daemon:
                         self.out(snap.line())
         self.notify("STOPPING=1")
         log.info("stopping")
-        summary = self.snapshot(time.monotonic() - started, 0, total=True)
+        summary = self.snapshot(time.monotonic() - started, 0)
         self._close()
         if self.measure:
             return self._summary(summary)
@@ -256,7 +255,7 @@ class Daemon:
 
     # -- reporting -----------------------------------------------------------
 
-    def snapshot(self, seconds: float, since: int, total: bool = False) -> Optional[Snapshot]:
+    def snapshot(self, seconds: float, since: int) -> Optional[Snapshot]:
         p = self.pipeline
         if p is None:
             return None
