@@ -34,20 +34,22 @@ def noisy(audio_dir):
     return read(audio_dir / "airconditioning.wav")
 
 
-@pytest.fixture(scope="module")
-def farend(audio_dir):
-    mic = read(audio_dir / "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk_mic.wav")
-    lpb = read(audio_dir / "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk_lpb.wav")
+def aec_recording(audio_dir, take: str):
+    """Mic and loopback of one AEC-challenge take, cut to the shorter (they differ by < 300 samples)."""
+    mic = read(audio_dir / f"{take}_mic.wav")
+    lpb = read(audio_dir / f"{take}_lpb.wav")
     n = min(len(mic), len(lpb))
     return mic[:n], lpb[:n]
+
+
+@pytest.fixture(scope="module")
+def farend(audio_dir):
+    return aec_recording(audio_dir, "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk")
 
 
 @pytest.fixture(scope="module")
 def nearend(audio_dir):
-    mic = read(audio_dir / "DLhjtuwiEkS-68TsUVvW5g_nearend_singletalk_mic.wav")
-    lpb = read(audio_dir / "DLhjtuwiEkS-68TsUVvW5g_nearend_singletalk_lpb.wav")
-    n = min(len(mic), len(lpb))
-    return mic[:n], lpb[:n]
+    return aec_recording(audio_dir, "DLhjtuwiEkS-68TsUVvW5g_nearend_singletalk")
 
 
 @pytest.mark.parametrize("fft", FFTS)
