@@ -23,13 +23,11 @@ import numpy as np
 
 from . import devices
 from .bridge import ClockBridge
-from .config import FORMATS, Settings
+from .config import Settings
+from .constants import FORMATS, RATE, SHIFT
 from .engine import BlockStream, HopProcessor
 from .errors import DeviceError
 from .measure import BlockStats, Latency
-
-RATE = 16000
-SHIFT = 128
 
 log = logging.getLogger("dtlnd")
 

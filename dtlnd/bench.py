@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import dsp, runtime
-from .dsp import SHIFT
+from .constants import SHIFT
 from .engine import EchoCanceller, NoiseSuppressor
 from .errors import DtlndError
 from .offline import FileOptions, load_signals

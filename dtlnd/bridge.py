@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-RATE = 16000
+from .constants import RATE
 
 
 class ClockBridge:

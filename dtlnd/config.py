@@ -17,12 +17,9 @@ from typing import Any, Mapping, Optional, Union
 import yaml
 
 from . import paths
+from .constants import FORMATS, LOG_LEVELS, MODES, RUNTIMES
 from .errors import ConfigError
 
-FORMATS = {"S16_LE": "int16", "S32_LE": "int32", "FLOAT_LE": "float32"}
-MODES = ("ns", "aec", "aec+ns")
-RUNTIMES = ("auto", "ai-edge-litert", "tflite-runtime", "tensorflow")
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
+from .constants import RATE
 from .errors import DeviceError
-
-RATE = 16000
 
 _HW = re.compile(r"^(?:plug)?hw:(?:CARD=)?([^,]+)(?:,(?:DEV=)?(\d+))?(?:,(?:SUBDEV=)?\d+)?$", re.IGNORECASE)
 _LISTED_HW = re.compile(r"\(hw:(\d+),(\d+)\)$")

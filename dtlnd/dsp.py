@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-BLOCK = 512
-SHIFT = 128
-BINS = BLOCK // 2 + 1
+from .constants import BINS, BLOCK, SHIFT
 
 try:
     import pyfftw

@@ -20,12 +20,11 @@ from typing import Optional, Protocol
 
 import numpy as np
 
-from .dsp import BINS, BLOCK, SHIFT, OverlapAdd, RealFFT, SlidingWindow
+from .constants import BINS, BLOCK, DEFAULT_MODELS, MODES, SHIFT
+from .dsp import OverlapAdd, RealFFT, SlidingWindow
 from .errors import ModelError, UsageError
 from .runtime import ModelPair
 
-MODES = ("ns", "aec", "aec+ns")
-DEFAULT_MODELS = {"ns": "dtln_ns_quant", "aec": "dtln_aec_128_quant"}
 ALGORITHMIC_DELAY = 3 * SHIFT
 
 

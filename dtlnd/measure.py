@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BLOCK_MS = 8.0
+from .constants import BUDGET_MS, BUDGET_NS
 
 
 class BlockStats:
@@ -31,7 +31,7 @@ class BlockStats:
     def record(self, ns: int) -> None:
         self.times[self.blocks % self.size] = ns
         self.blocks += 1
-        if ns > 8_000_000:
+        if ns > BUDGET_NS:
             self.late += 1
 
     def times_since(self, start: int) -> np.ndarray:
@@ -78,7 +78,7 @@ class Snapshot:
 
     @property
     def budget_share(self) -> float:
-        return self.mean_ms / BLOCK_MS
+        return self.mean_ms / BUDGET_MS
 
     @property
     def xruns(self) -> int:

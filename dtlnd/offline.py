@@ -21,10 +21,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .constants import RATE
 from .engine import BlockStream, HopProcessor
 from .errors import DtlndError, InputError, OutputError, UsageError
 
-RATE = 16000
 _CHUNK = 1 << 16
 
 log = logging.getLogger("dtlnd")

@@ -30,11 +30,8 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from . import paths
+from .constants import BINS, BLOCK
 from .errors import ModelError
-
-BINS = 257
-BLOCK = 512
-SHIFT = 128
 
 #: Runtimes in the order ``auto`` tries them, with the module that holds
 #: their ``Interpreter`` class.
