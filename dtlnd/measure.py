@@ -26,7 +26,13 @@ class BlockStats:
         self.late = 0  # blocks whose processing took longer than 8 ms
         self.callback_errors = 0
         self.last_error: BaseException | None = None
-        self.rt_result: str = ""
+        # Lost time: 16 kHz input samples that the stream clock says passed
+        # but never reached the engine, and how many times (input callback).
+        self.gap_samples = 0
+        self.gaps = 0
+        # The clock bridge's: reads that found samples missing, and re-centrings.
+        self.missed = 0
+        self.resyncs = 0
 
     def record(self, ns: int) -> None:
         self.times[self.blocks % self.size] = ns
