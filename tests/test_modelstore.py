@@ -20,9 +20,9 @@ from typing import Iterator
 
 import pytest
 
-from dtlnd import modelstore
+from dtlnd import cli, store
 from dtlnd.errors import DtlndError, ModelError, UsageError
-from dtlnd.modelstore import Manifest, load_manifest
+from dtlnd.manifest import Manifest, load_manifest
 
 PAIRS = [
     "dtln_ns_float",
@@ -129,7 +129,7 @@ def _sha(path: Path) -> str:
 
 
 def _parts(folder: Path) -> list[Path]:
-    return sorted(folder.glob(".*.part-*"))
+    return sorted(folder.glob(".*.part"))
 
 
 def _flipped(data: bytes) -> bytes:
@@ -140,7 +140,7 @@ def _flipped(data: bytes) -> bytes:
 def _cli(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="dtlnd")
     sub = parser.add_subparsers(dest="command", required=True)
-    modelstore.add_parser(sub)
+    cli.add_models_parser(sub)
     args = parser.parse_args(list(argv))
     return args.func(args)
 
@@ -184,16 +184,16 @@ def test_broken_manifest_is_a_one_line_model_error(tmp_path: Path) -> None:
 
 
 def test_fetch_all_by_default_then_skip_present(server: _Server, tmp_path: Path, manifest: Manifest) -> None:
-    results = modelstore.fetch(None, tmp_path, base_url=server.url, **FAST)
-    assert [r.action for r in results] == ["installed"] * 12
-    assert all(c.ok for c in modelstore.verify(PAIRS, tmp_path))
+    results = store.fetch(None, tmp_path, base_url=server.url, **FAST)
+    assert [r.action for r in results] == ["installed"] * 14
+    assert all(c.ok for c in store.verify(PAIRS, tmp_path))
     mode = (tmp_path / "dtln_ns_quant_1.tflite").stat().st_mode & 0o777
     assert mode == 0o644
     assert _parts(tmp_path) == []
 
     hits = sum(server.hits.values())
-    again = modelstore.fetch(None, tmp_path, base_url=server.url, **FAST)
-    assert [r.action for r in again] == ["present"] * 12
+    again = store.fetch(None, tmp_path, base_url=server.url, **FAST)
+    assert [r.action for r in again] == ["present"] * 14
     assert sum(server.hits.values()) == hits
 
 
@@ -201,7 +201,7 @@ def test_fetch_uses_manifest_urls_without_base_url(server: _Server, tmp_path: Pa
     pair = manifest.pair("dtln_ns_quant")
     files = tuple(dataclasses.replace(f, url=f"{server.url}/{pair.repo}/{pair.commit}/{f.name}") for f in pair.files)
     local = Manifest((dataclasses.replace(pair, files=files),))
-    results = modelstore.fetch(["dtln_ns_quant"], tmp_path, manifest=local, **FAST)
+    results = store.fetch(["dtln_ns_quant"], tmp_path, manifest=local, **FAST)
     assert [r.source for r in results] == [f.url for f in files]
     assert server.hits == Counter({"dtln_ns_quant_1.tflite": 1, "dtln_ns_quant_2.tflite": 1})
 
@@ -210,7 +210,7 @@ def test_corrupt_download_is_rejected_and_not_left_behind(server: _Server, tmp_p
     name = "dtln_ns_quant_1.tflite"
     server.bodies[name] = _flipped((shared / name).read_bytes())
     with pytest.raises(ModelError) as err:
-        modelstore.fetch(["dtln_ns_quant"], tmp_path, base_url=server.url, **FAST)
+        store.fetch(["dtln_ns_quant"], tmp_path, base_url=server.url, **FAST)
     msg = str(err.value)
     assert msg.startswith(f"{name}: sha256 mismatch from {server.url}/{name}: got ")
     assert "want 5008c2121dbb" in msg and "\n" not in msg
@@ -223,7 +223,7 @@ def test_connection_dropped_every_time_fails_after_retries(server: _Server, tmp_
     name = "dtln_ns_quant_1.tflite"
     server.modes[name] = "drop"
     with pytest.raises(ModelError, match=r"failed after 3 attempt\(s\): connection closed after \d+ of 377776"):
-        modelstore.fetch(["dtln_ns_quant"], tmp_path, base_url=server.url, retries=2, **FAST)
+        store.fetch(["dtln_ns_quant"], tmp_path, base_url=server.url, retries=2, **FAST)
     assert server.hits[name] == 3
     assert not (tmp_path / name).exists()
     assert _parts(tmp_path) == []
@@ -233,9 +233,9 @@ def test_connection_dropped_once_is_retried(server: _Server, tmp_path: Path) -> 
     name = "dtln_ns_quant_1.tflite"
     server.modes[name] = "drop_once"
     server.modes["dtln_ns_quant_2.tflite"] = "503_once"
-    modelstore.fetch(["dtln_ns_quant"], tmp_path, base_url=server.url, **FAST)
+    store.fetch(["dtln_ns_quant"], tmp_path, base_url=server.url, **FAST)
     assert server.hits[name] == 2 and server.hits["dtln_ns_quant_2.tflite"] == 2
-    assert all(c.ok for c in modelstore.verify(["dtln_ns_quant"], tmp_path))
+    assert all(c.ok for c in store.verify(["dtln_ns_quant"], tmp_path))
     assert _parts(tmp_path) == []
 
 
@@ -243,7 +243,7 @@ def test_stalled_download_times_out(server: _Server, tmp_path: Path) -> None:
     name = "dtln_ns_quant_1.tflite"
     server.modes[name] = "stall"
     with pytest.raises(ModelError, match="failed after 2 attempt.*connection lost"):
-        modelstore.fetch(["dtln_ns_quant"], tmp_path, base_url=server.url, retries=1, timeout=0.2, **FAST)
+        store.fetch(["dtln_ns_quant"], tmp_path, base_url=server.url, retries=1, timeout=0.2, **FAST)
     assert server.hits[name] == 2
     assert list(tmp_path.iterdir()) == []
 
@@ -252,7 +252,7 @@ def test_404_is_not_retried(server: _Server, tmp_path: Path) -> None:
     name = "dtln_ns_quant_2.tflite"
     server.modes[name] = "404"
     with pytest.raises(ModelError, match=f"{name}: HTTP 404 .* from {server.url}/{name}; "):
-        modelstore.fetch(["dtln_ns_quant"], tmp_path, base_url=server.url, **FAST)
+        store.fetch(["dtln_ns_quant"], tmp_path, base_url=server.url, **FAST)
     assert server.hits[name] == 1
     assert (tmp_path / "dtln_ns_quant_1.tflite").exists()
     assert not (tmp_path / name).exists()
@@ -262,32 +262,32 @@ def test_git_lfs_pointer_is_named(server: _Server, tmp_path: Path) -> None:
     name = "dtln_ns_quant_1.tflite"
     server.bodies[name] = b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 377776\n"
     with pytest.raises(ModelError, match="is a Git LFS pointer"):
-        modelstore.fetch(["dtln_ns_quant"], tmp_path, base_url=server.url, **FAST)
+        store.fetch(["dtln_ns_quant"], tmp_path, base_url=server.url, **FAST)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_corrupt_local_file_is_replaced(server: _Server, tmp_path: Path) -> None:
     (tmp_path / "dtln_ns_quant_1.tflite").write_bytes(b"junk")
-    results = modelstore.fetch(["dtln_ns_quant"], tmp_path, base_url=server.url, **FAST)
+    results = store.fetch(["dtln_ns_quant"], tmp_path, base_url=server.url, **FAST)
     assert [r.action for r in results] == ["replaced", "installed"]
-    assert all(c.ok for c in modelstore.verify(["dtln_ns_quant"], tmp_path))
+    assert all(c.ok for c in store.verify(["dtln_ns_quant"], tmp_path))
 
 
 def test_bad_base_url_and_two_sources_are_usage_errors(tmp_path: Path, shared: Path) -> None:
     with pytest.raises(UsageError, match="not an http"):
-        modelstore.fetch(["dtln_ns_quant"], tmp_path, base_url="ftp://x", **FAST)
+        store.fetch(["dtln_ns_quant"], tmp_path, base_url="ftp://x", **FAST)
     with pytest.raises(UsageError, match="exclude each other"):
-        modelstore.fetch(["dtln_ns_quant"], tmp_path, base_url="http://x", from_dir=shared, **FAST)
+        store.fetch(["dtln_ns_quant"], tmp_path, base_url="http://x", from_dir=shared, **FAST)
 
 
 # --- fetch from a local folder -------------------------------------------------
 
 
 def test_from_dir_installs_verified_copies(tmp_path: Path, shared: Path) -> None:
-    results = modelstore.fetch(["dtln_aec_128_quant"], tmp_path / "out", from_dir=shared, **FAST)
+    results = store.fetch(["dtln_aec_128_quant"], tmp_path / "out", from_dir=shared, **FAST)
     assert [r.action for r in results] == ["installed", "installed"]
     assert [r.source for r in results] == [str(shared / f"dtln_aec_128_quant_{n}.tflite") for n in (1, 2)]
-    assert all(c.ok for c in modelstore.verify(["dtln_aec_128_quant"], tmp_path / "out"))
+    assert all(c.ok for c in store.verify(["dtln_aec_128_quant"], tmp_path / "out"))
 
 
 def test_from_dir_accepts_upstream_file_names(tmp_path: Path, shared: Path) -> None:
@@ -295,8 +295,8 @@ def test_from_dir_accepts_upstream_file_names(tmp_path: Path, shared: Path) -> N
     upstream.mkdir(parents=True)
     for n in (1, 2):
         shutil.copy(shared / f"dtln_ns_quant_{n}.tflite", upstream / f"model_quant_{n}.tflite")
-    modelstore.fetch(["dtln_ns_quant"], tmp_path / "out", from_dir=upstream, **FAST)
-    assert all(c.ok for c in modelstore.verify(["dtln_ns_quant"], tmp_path / "out"))
+    store.fetch(["dtln_ns_quant"], tmp_path / "out", from_dir=upstream, **FAST)
+    assert all(c.ok for c in store.verify(["dtln_ns_quant"], tmp_path / "out"))
 
 
 def test_from_dir_rejects_corrupt_and_missing_files(tmp_path: Path, shared: Path) -> None:
@@ -306,25 +306,25 @@ def test_from_dir_rejects_corrupt_and_missing_files(tmp_path: Path, shared: Path
     (src / name).write_bytes(_flipped((shared / name).read_bytes()))
     out = tmp_path / "out"
     with pytest.raises(ModelError, match=f"{name}: sha256 mismatch from {src / name}"):
-        modelstore.fetch(["dtln_ns_quant"], out, from_dir=src, **FAST)
+        store.fetch(["dtln_ns_quant"], out, from_dir=src, **FAST)
     assert list(out.iterdir()) == []
     with pytest.raises(ModelError, match=f"dtln_aec_256_quant_1.tflite: not in {src}"):
-        modelstore.fetch(["dtln_aec_256_quant"], out, from_dir=src, **FAST)
+        store.fetch(["dtln_aec_256_quant"], out, from_dir=src, **FAST)
     with pytest.raises(ModelError, match="no such folder"):
-        modelstore.fetch(["dtln_ns_quant"], out, from_dir=tmp_path / "nope", **FAST)
+        store.fetch(["dtln_ns_quant"], out, from_dir=tmp_path / "nope", **FAST)
 
 
 # --- verify and list ------------------------------------------------------------
 
 
 def test_verify_detects_truncated_flipped_and_missing_files(tmp_path: Path, shared: Path) -> None:
-    modelstore.fetch(["dtln_ns_quant", "dtln_aec_128_quant"], tmp_path, from_dir=shared, **FAST)
+    store.fetch(["dtln_ns_quant", "dtln_aec_128_quant"], tmp_path, from_dir=shared, **FAST)
     with open(tmp_path / "dtln_ns_quant_1.tflite", "r+b") as f:
         f.truncate(1000)
     data = (tmp_path / "dtln_aec_128_quant_1.tflite").read_bytes()
     (tmp_path / "dtln_aec_128_quant_1.tflite").write_bytes(_flipped(data))
     (tmp_path / "dtln_aec_128_quant_2.tflite").unlink()
-    status = {c.file.name: c.status for c in modelstore.verify(None, tmp_path)}
+    status = {c.file.name: c.status for c in store.verify(None, tmp_path)}
     assert status == {
         "dtln_ns_quant_1.tflite": "size",
         "dtln_ns_quant_2.tflite": "ok",
@@ -335,25 +335,25 @@ def test_verify_detects_truncated_flipped_and_missing_files(tmp_path: Path, shar
 
 def test_list_and_verify_use_the_search_path(tmp_path: Path, shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DTLND_MODEL_DIR", str(tmp_path))
-    modelstore.fetch(["pidtln2_ns_5"], None, from_dir=shared, **FAST)
-    rows = {r.pair.name: r for r in modelstore.list_pairs()}
-    assert rows["pidtln2_ns_5"].status == modelstore.INSTALLED
+    store.fetch(["pidtln2_ns_5"], None, from_dir=shared, **FAST)
+    rows = {r.pair.name: r for r in store.list_pairs()}
+    assert rows["pidtln2_ns_5"].status == store.INSTALLED
     assert rows["pidtln2_ns_5"].location == tmp_path
-    assert rows["dtln_ns_quant"].status == modelstore.NOT_INSTALLED
-    assert [c.status for c in modelstore.verify()] == ["ok", "ok"]
+    assert rows["dtln_ns_quant"].status == store.NOT_INSTALLED
+    assert [c.status for c in store.verify()] == ["ok", "ok"]
 
 
 def test_locate_follows_model_1_like_the_daemon(tmp_path: Path, shared: Path, manifest: Manifest) -> None:
     user, system = tmp_path / "user", tmp_path / "system"
-    modelstore.fetch(["dtln_ns_quant"], system, from_dir=shared, **FAST)
+    store.fetch(["dtln_ns_quant"], system, from_dir=shared, **FAST)
     user.mkdir()
     shutil.copy(shared / "dtln_ns_quant_1.tflite", user)
     pair = manifest.pair("dtln_ns_quant")
-    assert modelstore.locate(pair, [user, system]) == user
-    assert [r.status for r in modelstore.list_pairs([user, system]) if r.pair == pair] == [modelstore.INCOMPLETE]
-    assert [c.status for c in modelstore.verify(["dtln_ns_quant"], [user, system])] == ["ok", "missing"]
+    assert store.locate(pair.name, [user, system]) == store.Location(pair.name, "tflite", user)
+    assert [r.status for r in store.list_pairs([user, system]) if r.pair == pair] == [store.INCOMPLETE]
+    assert [c.status for c in store.verify(["dtln_ns_quant"], [user, system])] == ["ok", "missing"]
     (user / "dtln_ns_quant_1.tflite").unlink()
-    assert modelstore.locate(pair, [user, system]) == system
+    assert store.locate(pair.name, [user, system]) == store.Location(pair.name, "tflite", system)
 
 
 # --- command line ----------------------------------------------------------------
