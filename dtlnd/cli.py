@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_process)
 
     p = sub.add_parser("bench", help="time the engine per block against the bare invoke() floor",
-                       description="For each model pair found and each TF-Lite runtime installed: the engine's "
+                       description="For each model pair found and each installed runtime that loads it: the engine's "
                        "wall time per 8 ms block (mean, median, p99), the two invoke() calls alone "
                        "(the floor), and the ratio engine/floor.")
     p.add_argument("--model", action="append", metavar="NAME",

