@@ -237,12 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- dtlnd models list|fetch|verify ------------------------------------------------------------------
 
-#: The store's remedies (dtlnd.download.REMEDIES) in terms of this command line's options.
-_FETCH_REMEDIES = {
+#: `dtlnd.errors.REMEDIES` in terms of this command line's options.
+_REMEDIES = {
     "network": "check the network, or use --base-url MIRROR or --from DIR",
     "url": "the file is not at that URL (check --base-url) or install it with --from DIR",
     "source": "use a source that serves the real file (--base-url or --from)",
     "dir": "check free space and permissions, pick another --dir or run as root",
+    "model_dir": "if it is installed elsewhere, set --model-dir (model_dir in the config file)",
 }
 _DIR_HELP = "(default: the model search path: $DTLND_MODEL_DIR, else ~/.local/share/dtlnd/models then " \
             "/var/lib/dtlnd/models)"
@@ -315,15 +316,9 @@ def _cmd_models_fetch(args: argparse.Namespace) -> int:
 
     if args.retries < 0:
         raise UsageError(f"--retries {args.retries}: must be 0 or more")
-    try:
-        results = store.fetch(args.names, args.model_dir, base_url=args.base_url, from_dir=args.from_dir,
-                              retries=args.retries, progress=args.progress,
-                              formats=tuple(args.formats or MODEL_FORMATS), use_registry=args.registry)
-    except DtlndError as exc:
-        remedy = getattr(exc, "remedy", None)
-        if remedy in _FETCH_REMEDIES:
-            exc.args = (f"{exc.what}; {_FETCH_REMEDIES[remedy]}",)  # type: ignore[attr-defined]
-        raise
+    results = store.fetch(args.names, args.model_dir, base_url=args.base_url, from_dir=args.from_dir,
+                          retries=args.retries, progress=args.progress,
+                          formats=tuple(args.formats or MODEL_FORMATS), use_registry=args.registry)
     for r in results:
         print(f"{r.action:<9}  {r.path}" + (f"  (from {r.source})" if r.source else ""))
     new = sum(r.action != "present" for r in results)
@@ -381,7 +376,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DtlndError as exc:
-        print(f"dtlnd: error: {exc}", file=sys.stderr)
+        message = f"{exc.what}; {_REMEDIES[exc.remedy]}" if exc.remedy in _REMEDIES else str(exc)
+        print(f"dtlnd: error: {message}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         return 130

