@@ -64,9 +64,10 @@ def load_runtime(name: str = "auto", fmt: str = "tflite") -> tuple[str, Any]:
     """
     if name not in RUNTIMES:
         raise ModelError(f"unknown runtime {name!r}: use one of {', '.join(RUNTIMES)}")
-    if fmt == "onnx" or name == ONNX_RUNTIME:
-        if name not in ("auto", ONNX_RUNTIME):
-            raise ModelError(f"runtime {name} runs TF-Lite files, not ONNX ones: use runtime onnxruntime or auto")
+    if (fmt == "onnx") != (name == ONNX_RUNTIME) and name != "auto":
+        use = "runtime onnxruntime or auto" if fmt == "onnx" else "a TF-Lite runtime or auto"
+        raise ModelError(f"runtime {name} cannot load {'ONNX' if fmt == 'onnx' else 'TF-Lite'} files: use {use}")
+    if fmt == "onnx":
         try:
             return ONNX_RUNTIME, importlib.import_module("onnxruntime")
         except Exception as exc:  # ImportError, or numpy ABI errors at import
@@ -122,7 +123,7 @@ def installed_runtimes() -> list[str]:
     found = []
     for rt in RUNTIMES[1:]:
         try:
-            load_runtime(rt)
+            load_runtime(rt, formats_for(rt)[0])
         except ModelError:
             continue
         found.append(rt)

@@ -138,3 +138,10 @@ def test_bench_times_onnxruntime_beside_tflite(audio_dir):
     assert got == sorted(want) and report["errors"] == []
     for x in report["results"]:
         assert x["floor"]["median"] > 0 and x["engine"]["median"] > x["floor"]["median"] * 0.5
+
+
+def test_runtime_and_form_must_fit(models_dir):
+    with pytest.raises(ModelError, match="runtime ai-edge-litert cannot load ONNX files: use runtime onnxruntime"):
+        ModelPair("x", models_dir / "dtln_ns_float_1.onnx", models_dir / "dtln_ns_float_2.onnx", "ai-edge-litert")
+    with pytest.raises(ModelError, match="runtime onnxruntime cannot load TF-Lite files"):
+        ModelPair("x", models_dir / "dtln_ns_float_1.tflite", models_dir / "dtln_ns_float_2.tflite", "onnxruntime")
