@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -21,9 +21,10 @@ from .constants import BINS
 from .errors import ModelError
 
 
-class Model(Protocol):
+class Model:
     """What the engine uses of one loaded model, TF-Lite or ONNX: flat float32
-    views on the buffers the model reads and writes, and ``invoke``."""
+    views on the buffers the model reads and writes, and ``invoke``, which
+    runs the model on them.  Subclasses set every attribute when they load."""
 
     path: Path
     signal: np.ndarray
@@ -37,9 +38,13 @@ class Model(Protocol):
     input_names: list[str]
     invoke: Callable[[], Any]
 
-    def check_views(self) -> None: ...
+    def check_views(self) -> None:
+        """Fail if the engine's views are not the buffers the runtime uses."""
+        raise NotImplementedError
 
-    def reset(self) -> None: ...
+    def reset(self) -> None:
+        """Zero the input state (start of stream, or after a gap)."""
+        self.state_in.fill(0.0)
 
 
 @dataclass(frozen=True)

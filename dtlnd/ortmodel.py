@@ -14,11 +14,11 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 
-from .binding import Tensor, assign_roles
+from .binding import Model, Tensor, assign_roles
 from .errors import ModelError
 
 _FLOAT = "tensor(float)"
@@ -29,15 +29,9 @@ def _shape(dims: list[Any]) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) and d > 0 else 1 for d in dims)
 
 
-class OnnxModel:
+class OnnxModel(Model):
     """An onnxruntime session with every tensor bound to a role, as
     `dtlnd.runtime.BoundModel` is for TF-Lite."""
-
-    signal: np.ndarray
-    far: Optional[np.ndarray]
-    state_in: np.ndarray
-    state_out: np.ndarray
-    out: np.ndarray
 
     def __init__(self, path: Path, ort: ModuleType, threads: int, size: int) -> None:
         self.path = path
@@ -106,6 +100,3 @@ class OnnxModel:
         if not np.isfinite(out).all():
             raise ModelError(f"{self.path.name}: onnxruntime did not write its output into the bound "
                              "buffer: this onnxruntime version is not supported")
-
-    def reset(self) -> None:
-        self._buffers["state_in"].fill(0.0)

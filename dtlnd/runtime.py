@@ -151,7 +151,7 @@ def find_pair(name: str, model_dir: Optional[Path] = None, runtime: str = "auto"
                    f"run 'dtlnd models fetch {name}'", "model_dir")
 
 
-class BoundModel:
+class BoundModel(Model):
     """One interpreter with its tensors bound to roles.
 
     Attributes are flat float32 numpy views on the interpreter's buffers:
@@ -159,12 +159,6 @@ class BoundModel:
     2), ``far`` (the far-end input of AEC models, else None),
     ``state_in``/``state_out``, and ``out`` (mask / time block).
     """
-
-    signal: np.ndarray
-    far: Optional[np.ndarray]
-    state_in: np.ndarray
-    state_out: np.ndarray
-    out: np.ndarray
 
     def __init__(self, path: Path, interpreter_cls: Any, threads: int, size: int) -> None:
         self.path = path
@@ -228,10 +222,6 @@ class BoundModel:
 
     def _invoke_unsupported(self) -> None:
         raise ModelError("this TF-Lite runtime has no raw Invoke: use runtime ai-edge-litert")
-
-    def reset(self) -> None:
-        self.state_in.fill(0.0)
-
 
 class ModelPair:
     """Model 1 (mask estimator, 257 bins) and model 2 (block stage, 512 samples).

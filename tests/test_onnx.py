@@ -11,12 +11,12 @@ import json
 import shutil
 import subprocess
 import sys
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from test_engine import _traced
 
 from dtlnd import engine
 from dtlnd.errors import ModelError
@@ -93,18 +93,6 @@ def test_broken_onnx_file_is_a_one_line_error(tmp_path, audio_dir, models_dir):
     assert r.returncode == 78
     assert r.stderr.count("\n") == 1 and "onnxruntime cannot load it" in r.stderr, r.stderr
     assert not (tmp_path / "out.wav").exists()
-
-
-def _traced(run) -> tuple[int, int]:
-    tracemalloc.start()
-    try:
-        base, _ = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        run()
-        current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return current - base, peak - base
 
 
 def test_onnx_hop_path_allocates_nothing(models_dir, audio_dir):
