@@ -143,6 +143,10 @@ def find_pair(name: str, model_dir: Optional[Path] = None, runtime: str = "auto"
         missing = next(p for p in where.paths if not p.is_file())
         present = "model 1" if where.paths[0].is_file() else "model 2"
         raise ModelError(f"{missing}: missing ({present} is there): run 'dtlnd models fetch {name}'")
+    elsewhere = store.locate(name, dirs)
+    if elsewhere is not None and elsewhere.complete:
+        raise ModelError(f"{elsewhere.paths[0]}: pair {name!r} is there in {elsewhere.fmt} form, which runtime "
+                         f"{runtime} cannot load: use runtime auto")
     searched = ", ".join(str(d) for d in dirs)
     known = store.pair_names(dirs, formats)
     hint = f"; pairs found: {', '.join(known)}" if known else ""

@@ -247,8 +247,8 @@ def fetch(names: Optional[Iterable[str]] = None, model_dir: str | Path | None = 
                     log.warning("%s: %s; replacing it", dest, existing.detail)
                 pending.append((p, mf, dest, "installed" if existing.status == "missing" else "replaced"))
     if not any(fmt in formats for p in pairs for fmt in p.formats):
-        raise ModelError(f"none of {', '.join(p.name for p in pairs)} comes in form {', '.join(formats)}; "
-                         "see: dtlnd models list")
+        raise ModelError(f"{', '.join(p.name for p in pairs)}: no {' or '.join(formats)} form in the manifest; "
+                         "see the forms of each pair with: dtlnd models list")
     for i, (_, mf, dest, action) in enumerate(pending):
         try:
             results.append(FetchResult(mf, dest, action, _install(plan, mf, dest)))

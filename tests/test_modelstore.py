@@ -531,3 +531,13 @@ def test_cli_says_which_source_it_used(server: _Server, tmp_path: Path, shared: 
     with pytest.raises(ModelError, match="failed after 1 attempt"):
         _cli("models", "fetch", "dtln_ns_float", "--format", "tflite", "--no-registry", "--dir", d,
              "--retries", "0")
+
+
+def test_format_selects_one_form(tmp_path: Path, shared: Path) -> None:
+    assert _cli("models", "fetch", "dtln_ns_float", "--format", "onnx", "--dir", str(tmp_path), "--from",
+                str(shared), "--no-progress") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dtln_ns_float_1.onnx", "dtln_ns_float_2.onnx"]
+    assert [c.file.name for c in store.verify(["dtln_ns_float"], tmp_path)] == sorted(
+        p.name for p in tmp_path.iterdir())
+    with pytest.raises(ModelError, match="dtln_ns_quant: no onnx form in the manifest"):
+        _cli("models", "fetch", "dtln_ns_quant", "--format", "onnx", "--dir", str(tmp_path), "--from", str(shared))

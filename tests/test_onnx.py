@@ -64,7 +64,8 @@ def test_auto_loads_a_pair_found_only_as_onnx(tmp_path, models_dir):
     pair = ModelPair.load("dtln_ns_float", d)
     assert pair.runtime == "onnxruntime" and pair.kind == "ns" and pair.mask_is_gain
     assert pair.m1.state_shape == (1, 2, 128, 2) and pair.m2.input_names == ["input_4"]
-    with pytest.raises(ModelError, match=r"'dtln_ns_float' not found \(dtln_ns_float_1.tflite\)"):
+    with pytest.raises(ModelError, match=r"pair 'dtln_ns_float' is there in onnx form, which runtime "
+                                         r"ai-edge-litert cannot load: use runtime auto"):
         ModelPair.load("dtln_ns_float", d, runtime="ai-edge-litert")
     assert ModelPair.load("dtln_ns_float", models_dir).runtime != "onnxruntime"  # TF-Lite first
     assert ModelPair.load("dtln_ns_float", models_dir, "onnxruntime").runtime == "onnxruntime"
