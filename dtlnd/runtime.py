@@ -262,7 +262,18 @@ class ModelPair:
     @classmethod
     def load(cls, name: str, model_dir: Optional[Path] = None, runtime: str = "auto",
              threads: int = 1) -> ModelPair:
-        p1, p2 = find_pair(name, model_dir, runtime).paths
+        """Find the pair as `find_pair` does and load it.  Under ``auto``, a
+        TF-Lite pair with no TF-Lite runtime importable runs in its ONNX form
+        when that is installed too."""
+        where = find_pair(name, model_dir, runtime)
+        if runtime == "auto" and where.fmt == "tflite":
+            try:
+                load_runtime("auto", "tflite")
+            except ModelError:
+                onnx = store.locate(name, store.search_dirs(model_dir), ("onnx",))
+                if onnx is not None and onnx.complete:
+                    where = onnx
+        p1, p2 = where.paths
         return cls(name, p1, p2, runtime, threads)
 
     def _probe_mask(self) -> bool:

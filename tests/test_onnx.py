@@ -8,6 +8,7 @@ tracemalloc, the runtime choice of ``auto``, and ``bench``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -134,3 +135,19 @@ def test_runtime_and_form_must_fit(models_dir):
         ModelPair("x", models_dir / "dtln_ns_float_1.onnx", models_dir / "dtln_ns_float_2.onnx", "ai-edge-litert")
     with pytest.raises(ModelError, match="runtime onnxruntime cannot load TF-Lite files"):
         ModelPair("x", models_dir / "dtln_ns_float_1.tflite", models_dir / "dtln_ns_float_2.tflite", "onnxruntime")
+
+
+def test_auto_runs_the_onnx_form_when_no_tflite_runtime_imports(tmp_path, models_dir):
+    """Every TF-Lite runtime made unimportable (a broken package first on the path)."""
+    for module in ("ai_edge_litert", "tflite_runtime", "tensorflow"):
+        (tmp_path / module).mkdir()
+        (tmp_path / module / "__init__.py").write_text("raise ImportError('broken on purpose')\n")
+    code = ("from dtlnd.runtime import ModelPair; import sys; "
+            "print(ModelPair.load(sys.argv[1], sys.argv[2]).runtime)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    run = lambda name: subprocess.run([sys.executable, "-c", code, name, str(models_dir)],  # noqa: E731
+                                      capture_output=True, text=True, env=env, timeout=120)
+    r = run("dtln_ns_float")
+    assert r.returncode == 0 and r.stdout.strip() == "onnxruntime", r.stderr
+    r = run("dtln_ns_quant")  # no ONNX form: the TF-Lite error stands
+    assert r.returncode != 0 and "no TF-Lite runtime could be imported" in r.stderr
