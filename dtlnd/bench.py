@@ -135,7 +135,7 @@ def run(models: list[str], model_dir: Optional[Path], runtimes: list[str], audio
     for name in names:
         for rt in rts:
             try:
-                if _other_form_only(name, model_dir, rt):
+                if not runtimes and _other_form_only(name, model_dir, rt):
                     continue  # e.g. a TF-Lite-only pair on onnxruntime: nothing to time, nothing wrong
                 r = bench_pair(name, model_dir, rt, mic, far, blocks, threads, fft)
             except DtlndError as exc:

@@ -253,7 +253,7 @@ def fetch(names: Optional[Iterable[str]] = None, model_dir: str | Path | None = 
         try:
             results.append(FetchResult(mf, dest, action, _install(plan, mf, dest)))
         except Unreachable as e:
-            if plan.base_url is not None or not plan.use_registry:
+            if not plan.use_registry:
                 raise remedied(ModelError, f"{mf.name}: {e}", "network") from e
             results += _fall_back(plan, pending[i:], f"{mf.name}: {e}")
             break
