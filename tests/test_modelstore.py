@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dtlnd import cli, store
+from dtlnd import cli, errors, store
 from dtlnd.errors import DtlndError, ModelError, UsageError
 from dtlnd.manifest import Manifest, load_manifest
 from dtlnd.runtime import ModelPair
@@ -569,3 +569,9 @@ def test_format_selects_one_form(tmp_path: Path, shared: Path) -> None:
         p.name for p in tmp_path.iterdir())
     with pytest.raises(ModelError, match="dtln_ns_quant: no onnx form in the manifest"):
         _cli("models", "fetch", "dtln_ns_quant", "--format", "onnx", "--dir", str(tmp_path), "--from", str(shared))
+
+
+def test_every_library_remedy_has_command_line_words() -> None:
+    assert cli._REMEDIES.keys() == errors.REMEDIES.keys()
+    assert not any("--" in text for text in errors.REMEDIES.values())  # only the CLI speaks of flags
+    assert all("--" in text for text in cli._REMEDIES.values())
