@@ -151,3 +151,16 @@ def test_auto_runs_the_onnx_form_when_no_tflite_runtime_imports(tmp_path, models
     assert r.returncode == 0 and r.stdout.strip() == "onnxruntime", r.stderr
     r = run("dtln_ns_quant")  # no ONNX form: the TF-Lite error stands
     assert r.returncode != 0 and "no TF-Lite runtime could be imported" in r.stderr
+
+
+def test_onnx_pair_without_onnxruntime_is_a_one_line_error(tmp_path, audio_dir, models_dir):
+    d = onnx_only(tmp_path, models_dir)
+    (tmp_path / "onnxruntime").mkdir()
+    (tmp_path / "onnxruntime" / "__init__.py").write_text("raise ImportError('not installed on purpose')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    r = subprocess.run([sys.executable, "-m", "dtlnd", "process", str(audio_dir / NOISY), str(tmp_path / "o.wav"),
+                        "--model", "dtln_ns_float", "--model-dir", str(d)], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 78 and r.stderr.count("\n") == 1, r.stderr
+    assert "runtime onnxruntime is not usable" in r.stderr and "pip install onnxruntime" in r.stderr
+    assert not (tmp_path / "o.wav").exists()
