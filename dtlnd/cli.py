@@ -109,7 +109,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.output}: is a folder; give an output file name (IN is a single file)")
     start = time.perf_counter()
     seconds = offline.process_file(src, args.output, processor, opts)
-    print(offline.summary(f"enhanced {src} into {args.output} ({args.mode}, {_pair_names(processor)})",
+    print(offline.summary(f"enhanced {src} into {args.output} ({args.set__mode}, {_pair_names(processor)})",
                           seconds, time.perf_counter() - start))
     return 0
 
@@ -250,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import modelstore
 
     modelstore.add_parser(sub)
+    from . import demo
+
+    demo.add_parser(sub)
     return parser
 
 

@@ -100,8 +100,14 @@ say "building the dtlnd wheel"
     || fail "pip wheel failed: see $WORK/wheel.log"
 for p in $PAIRS; do cp "$SHARED/models/${p}"_[12].tflite "$CHECK/models/"; done
 cp "$SHARED/audio/airconditioning.wav" "$CHECK/in.wav"
+# This machine's CA bundle, so that pip in the root trusts what the host's
+# pip trusts (a proxy with its own CA included).
+cp "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" "$CHECK/ca.crt"
 
-in_root() { chroot "$ROOTFS" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root QEMU_CPU=cortex-a72 "$@"; }
+in_root() {
+    chroot "$ROOTFS" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root QEMU_CPU=cortex-a72 PIP_CERT=/check/ca.crt \
+        PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120 "$@"
+}
 PYVER="$(in_root python3 -c 'import platform, sys; print(platform.machine(), sys.version.split()[0])')"
 say "$SUITE: $PYVER (qemu-user, cortex-a72)"
 say "pip install --only-binary :all: dtlnd (log: $WORK/$SUITE-pip.log)"
