@@ -110,12 +110,13 @@ def load_processor(model: Optional[str], model_dir: Optional[Path], runtime: str
     from . import engine
 
     names = [model] if model else [DEFAULT_MODELS["ns"], FALLBACK_MODEL]
-    first_error: Optional[DtlndError] = None
-    for name in names:
+    for name in names:  # an installed pair first, before any download
         try:
             return engine.build("ns", name, None, model_dir, runtime), f"model {name}: found"
         except ModelError:
             pass
+    first_error: Optional[DtlndError] = None
+    for name in names:
         try:
             source = _fetch(name, model_dir, from_dir)
             return engine.build("ns", name, None, model_dir, runtime), f"model {name}: fetched from {source}"
