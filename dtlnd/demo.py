@@ -198,7 +198,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="NAME", help=f"noise-suppression pair (default: {DEFAULT_MODELS['ns']}, "
                    f"else {FALLBACK_MODEL})")
     p.add_argument("--model-dir", type=Path, metavar="DIR", help="folder holding (or to receive) the model files")
-    p.add_argument("--models-from", type=Path, metavar="DIR",
+    p.add_argument("--from", dest="models_from", type=Path, metavar="DIR",
                    help="when the pair is missing, copy it from this folder instead of downloading it")
     p.add_argument("--runtime", default="auto", choices=RUNTIMES, help="model runtime (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated noise (default: 0)")

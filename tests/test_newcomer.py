@@ -229,7 +229,7 @@ def test_demo_makes_enhances_and_reports(tmp_path, models_dir):
 def test_demo_fetches_a_missing_pair(tmp_path, models_dir):
     _need_espeak()
     empty = tmp_path / "models"
-    r = run_dtlnd("demo", tmp_path / "demo", "--model-dir", empty, "--models-from", models_dir)
+    r = run_dtlnd("demo", tmp_path / "demo", "--model-dir", empty, "--from", models_dir)
     assert r.returncode == 0, r.stderr
     assert f"model dtln_ns_quant: fetched from {models_dir}" in r.stdout
     assert (empty / "dtln_ns_quant_1.tflite").read_bytes() == (models_dir / "dtln_ns_quant_1.tflite").read_bytes()
