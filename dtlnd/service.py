@@ -11,7 +11,6 @@ reports.  Signal handlers only set flags.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
@@ -24,29 +23,13 @@ from .audio import AudioPipeline
 from .config import Settings
 from .errors import ConfigError, DeviceError, DtlndError
 from .measure import BlockStats, Snapshot, summarize
+from .notify import Notifier
 
 log = logging.getLogger("dtlnd")
 
 TICK = 0.05  # supervisor period, seconds
 STALL = 1.5  # seconds without callbacks before a stream counts as dead
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
-
-
-class Notifier:
-    """sd_notify over $NOTIFY_SOCKET; silent when not run by systemd."""
-
-    def __init__(self) -> None:
-        self._n = None
-        if os.environ.get("NOTIFY_SOCKET"):
-            import sdnotify
-
-            self._n = sdnotify.SystemdNotifier()
-        usec = os.environ.get("WATCHDOG_USEC")
-        self.watchdog_interval = int(usec) / 2e6 if usec and usec.isdigit() else 1.0
-
-    def __call__(self, message: str) -> None:
-        if self._n is not None:
-            self._n.notify(message)
 
 
 class Daemon:
