@@ -56,7 +56,7 @@ WARN_AFTER_S = 20.0
 
 
 def ms_to_samples(ms: float) -> int:
-    return int(round(ms * RATE / 1000.0))
+    return round(ms * RATE / 1000.0)
 
 
 def samples_to_ms(n: float) -> float:
@@ -125,8 +125,8 @@ def plan(lag: int, lead: int, far_max_hops: int, mic_max_hops: int) -> tuple[int
     """
     need = lag - lead
     if need >= 0:
-        return min(int(round(need / SHIFT)), far_max_hops), 0
-    return 0, min(int(round(-need / SHIFT)), mic_max_hops)
+        return min(round(need / SHIFT), far_max_hops), 0
+    return 0, min(round(-need / SHIFT), mic_max_hops)
 
 
 class Tracker:
@@ -241,7 +241,7 @@ def align_file(mic: np.ndarray, far: np.ndarray, lead_ms: float, max_ms: float) 
     schedule: list[tuple[int, int]] = []
     usable = 0
     conf = 0.0
-    for i, s in enumerate(starts):
+    for s in starts:
         est = estimate(mic_d[s:s + win], far_d[s:s + win], tr.min_lag, tr.max_lag)
         usable += est.usable
         first = tr.update(est)
@@ -278,3 +278,14 @@ def shift_reference(far: np.ndarray, schedule: tuple[tuple[int, int], ...], fade
         out[at:end] = seg
         prev = np.array([at, shift])
     return out
+
+
+def align_reference(mic: np.ndarray, far: np.ndarray, ref_delay: Union[str, float],
+                    ref_delay_max: float = 1000.0, lead_ms: float = 40.0) -> tuple[np.ndarray, str]:
+    """The reference of a file shifted as ``ref_delay`` asks (whole hops, as live), and what was done."""
+    if ref_delay == "auto":
+        found = align_file(mic, far, lead_ms, ref_delay_max)
+        return shift_reference(far, found.schedule), found.describe()
+    shift = round(ms_to_samples(float(ref_delay)) / SHIFT) * SHIFT
+    text = f"reference alignment: fixed, reference shifted {samples_to_ms(shift):+.0f} ms"
+    return shift_reference(far, ((0, shift),)), text

@@ -51,6 +51,20 @@ def _add_model_options(p: argparse.ArgumentParser, run: bool = False) -> None:
                        help="FFT backend (default: pyfftw when installed)")
 
 
+def _add_ref_delay_option(p: "argparse._ActionsContainer", run: bool = False) -> None:
+    p.add_argument("--ref-delay", metavar="auto|MS", default=None if run else "auto",
+                   help="aec: delay of the far-end reference in ms (negative: delay the microphone; 0: as it "
+                        "comes), or auto: measure the echo's lag and align continuously (default: auto)")
+
+
+def _ref_delay(args: argparse.Namespace):
+    """``--ref-delay`` checked as the config file's ``ref_delay`` is (exit 78 when wrong)."""
+    from . import config
+
+    d = config.Settings()
+    return config.check_alignment(args.ref_delay, d.ref_delay_max, d.ref_lead)
+
+
 def _build_processor(args: argparse.Namespace):
     from . import engine
 
@@ -64,7 +78,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
     from . import offline
 
     opts = offline.FileOptions(channel=args.channel, ref=args.ref, ref_channel=args.ref_channel,
-                               subtype=args.subtype)
+                               subtype=args.subtype, ref_delay=_ref_delay(args))
     src: Path = args.input
     if not src.exists():
         raise offline.InputError(f"{src}: no such file or folder: check the input path")
@@ -85,7 +99,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.blocks < 100:
         raise UsageError(f"--blocks {args.blocks}: use at least 100 for meaningful figures")
     return bench.run(args.model, args.model_dir, args.runtime, args.audio, args.ref, args.blocks,
-                     args.threads, args.fft, args.json)
+                     args.threads, args.fft, args.json, ref_delay=_ref_delay(args))
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -117,6 +131,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="8 ms blocks buffered between input and output clocks (default: 2)")
     g.add_argument("--rt-priority", type=int, metavar="N", help="SCHED_FIFO priority for the audio threads, "
                    "0 for none (default: 20)")
+    g = p.add_argument_group("echo reference alignment (aec, aec+ns)")
+    _add_ref_delay_option(g, run=True)
+    g.add_argument("--ref-delay-max", type=float, metavar="MS",
+                   help="longest echo lag behind the reference that auto searches for (default: 1000)")
+    g.add_argument("--ref-lead", type=float, metavar="MS",
+                   help="how far auto makes the reference lead the echo (default: 40)")
 
 
 _RUN_OVERRIDES = {
@@ -125,6 +145,7 @@ _RUN_OVERRIDES = {
     "ref_channel": "input.ref_channel", "input_rate": "input.rate", "output": "output.device",
     "output_channels": "output.channels", "output_format": "output.format", "output_rate": "output.rate",
     "latency": "latency", "buffer_blocks": "buffer_blocks", "rt_priority": "rt_priority", "run_log_level": "log_level",
+    "ref_delay": "ref_delay", "ref_delay_max": "ref_delay_max", "ref_lead": "ref_lead",
 }
 
 
@@ -209,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subtype", metavar="SUBTYPE",
                    help="output sample format, e.g. PCM_16, PCM_24, FLOAT (default: the input's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar for folders")
+    _add_ref_delay_option(p)
     p.set_defaults(func=_cmd_process)
 
     p = sub.add_parser("bench", help="time the engine per block against the bare invoke() floor",
@@ -227,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the input, delayed and attenuated)")
     p.add_argument("--blocks", type=int, default=3000, help="blocks timed per pair (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_ref_delay_option(p)
     p.set_defaults(func=_cmd_bench)
 
     from . import modelstore

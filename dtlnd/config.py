@@ -10,7 +10,7 @@ the nearest valid name suggested.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -68,6 +68,19 @@ class Settings:
     #: real-time (SCHED_FIFO) priority for the audio threads; 0: don't ask
     rt_priority: int = 20
     log_level: str = "info"
+    #: echo cancellation: how far to delay the far-end reference (ms), or auto: estimate it continuously
+    ref_delay: Union[str, float] = field(default="auto", metadata={
+        "doc": "delay added to the far-end reference, ms (negative: delay the microphone instead), "
+               "or auto: measure the echo's lag and align continuously; 0: the reference as it comes",
+        "flag": "--ref-delay", "unit": "ms"})
+    #: the longest echo lag auto searches for, and the longest reference delay
+    ref_delay_max: float = field(default=1000.0, metadata={
+        "doc": "longest echo lag behind the reference that auto searches for, ms",
+        "flag": "--ref-delay-max", "range": (0.0, 2000.0), "unit": "ms"})
+    #: how far the aligned reference leads the echo (DTLN-aec wants it a little early)
+    ref_lead: float = field(default=40.0, metadata={
+        "doc": "how far auto makes the reference lead the echo, ms (measured flat region: 10-100 ms)",
+        "flag": "--ref-lead", "range": (0.0, 200.0), "unit": "ms"})
 
     @property
     def input_channels(self) -> int:
@@ -171,6 +184,25 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def check_alignment(ref_delay: Any, ref_delay_max: Any, ref_lead: Any) -> Union[str, float]:
+    """The ``ref_delay`` to use (``auto`` or ms), or a ConfigError naming the bad one."""
+    from .align import MIC_DELAY_MAX_MS, parse_ref_delay
+
+    for key, value, (lo, hi) in (("ref_delay_max", ref_delay_max, (0.0, 2000.0)), ("ref_lead", ref_lead, (0.0, 200.0))):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number of milliseconds, got {value!r}")
+        if not lo <= value <= hi:
+            raise ConfigError(f"{key}: {value:g} ms is out of range: use {lo:g} to {hi:g} ms")
+    try:
+        delay = parse_ref_delay(ref_delay)
+    except ValueError:
+        raise ConfigError(f"ref_delay: {ref_delay!r} is neither auto nor a number of milliseconds") from None
+    if delay != "auto" and not -MIC_DELAY_MAX_MS <= float(delay) <= ref_delay_max:
+        raise ConfigError(f"ref_delay: {float(delay):g} ms is out of range: use -{MIC_DELAY_MAX_MS:g} "
+                          f"(microphone delayed) to ref_delay_max ({ref_delay_max:g} ms), or auto")
+    return delay
+
+
 def _validate(s: Settings) -> Settings:
     def bad(key: str, msg: str) -> ConfigError:
         return ConfigError(f"{key}: {msg}")
@@ -213,6 +245,9 @@ def _validate(s: Settings) -> Settings:
         if s.ref_channel % n == s.input.channel % n:
             raise bad("input.ref_channel", f"the reference and the microphone are both channel "
                       f"{s.input.channel % n}: pick another channel")
+    ref_delay = check_alignment(s.ref_delay, s.ref_delay_max, s.ref_lead)
+    if ref_delay != s.ref_delay:
+        s = replace(s, ref_delay=ref_delay)
     return s
 
 

@@ -21,13 +21,14 @@ import logging
 import threading
 import time
 import weakref
-from typing import Optional, Union
+from typing import Any, Optional, Union, cast
 
 import numpy as np
 
 from . import align
 from .align import EST_RATE, STEP_S, WINDOW_S, Tracker, ms_to_samples, samples_to_ms
 from .constants import RATE, SHIFT
+from .engine import HopProcessor
 
 log = logging.getLogger("dtlnd")
 
@@ -40,7 +41,7 @@ MAX_HOPS = 250
 
 
 def _hops(ms: float) -> int:
-    return int(round(ms_to_samples(ms) / SHIFT))
+    return round(ms_to_samples(ms) / SHIFT)
 
 
 class HopDelay:
@@ -126,7 +127,7 @@ class FeedRing:
         self.generation += 1
 
 
-def _worker(ref: "weakref.ref[Aligner]", stop: threading.Event) -> None:
+def _worker(ref: weakref.ref[Aligner], stop: threading.Event) -> None:
     while not stop.wait(POLL_S):
         aligner = ref()
         if aligner is None:
@@ -139,7 +140,25 @@ def _worker(ref: "weakref.ref[Aligner]", stop: threading.Event) -> None:
         del aligner
 
 
-class Aligner:
+class _Shifts:
+    """The applied shifts, read off the delay lines' targets (what the next hop uses)."""
+
+    far_line: HopDelay
+    mic_line: HopDelay
+
+    @property
+    def applied_ms(self) -> float:
+        return samples_to_ms(self.far_line.target * SHIFT)
+
+    @property
+    def mic_delay_ms(self) -> float:
+        return samples_to_ms(self.mic_line.target * SHIFT)
+
+    def _mic_text(self) -> str:
+        return f", mic +{self.mic_delay_ms:.0f} ms (latency)" if self.mic_line.target else ""
+
+
+class Aligner(_Shifts):
     """The estimator worker: ring -> decimated window -> `Tracker` -> delay-line targets.
 
     Also what ``processor.alignment`` reports: ``lag_ms``, ``applied_ms``,
@@ -246,14 +265,6 @@ class Aligner:
         return None if lag is None else samples_to_ms(lag)
 
     @property
-    def applied_ms(self) -> float:
-        return samples_to_ms(self.far_line.target * SHIFT)
-
-    @property
-    def mic_delay_ms(self) -> float:
-        return samples_to_ms(self.mic_line.target * SHIFT)
-
-    @property
     def confidence(self) -> float:
         last = self.tracker.last
         return 0.0 if last is None else last.confidence
@@ -269,12 +280,11 @@ class Aligner:
 
     def describe(self) -> str:
         lag = "lag ?" if self.lag_ms is None else f"lag {self.lag_ms:.1f} ms"
-        mic = f", mic +{self.mic_delay_ms:.0f} ms (latency)" if self.mic_line.target else ""
         return (f"align {self.state}: {lag} (confidence {self.confidence:.1f}), reference "
-                f"+{self.applied_ms:.0f} ms{mic}")
+                f"+{self.applied_ms:.0f} ms{self._mic_text()}")
 
 
-class FixedAlignment:
+class FixedAlignment(_Shifts):
     """``ref_delay: MS``: the same report for a fixed shift."""
 
     state = "fixed"
@@ -285,12 +295,8 @@ class FixedAlignment:
     def __init__(self, far_line: HopDelay, mic_line: HopDelay) -> None:
         self.far_line, self.mic_line = far_line, mic_line
 
-    applied_ms = Aligner.applied_ms
-    mic_delay_ms = Aligner.mic_delay_ms
-
     def describe(self) -> str:
-        mic = f", mic +{self.mic_delay_ms:.0f} ms (latency)" if self.mic_line.target else ""
-        return f"align fixed: reference +{self.applied_ms:.0f} ms{mic}"
+        return f"align fixed: reference +{self.applied_ms:.0f} ms{self._mic_text()}"
 
     def close(self) -> None:
         pass
@@ -301,10 +307,11 @@ class AlignedProcessor:
 
     channels = 2
 
-    def __init__(self, inner, ref_delay: Union[str, float], ref_delay_max: float, ref_lead: float,
+    def __init__(self, inner: HopProcessor, ref_delay: Union[str, float], ref_delay_max: float, ref_lead: float,
                  start: bool = True) -> None:
         self.inner = inner
-        self.stages = getattr(inner, "stages", (inner,))
+        self.stages: tuple[Any, ...] = getattr(inner, "stages", (inner,))
+        self.fft_backend = getattr(self.stages[0], "fft_backend", None)
         self.far_line = HopDelay(_hops(ref_delay_max))
         self.mic_line = HopDelay(_hops(align.MIC_DELAY_MAX_MS))
         self._far = np.zeros(SHIFT, np.float32)
@@ -334,7 +341,7 @@ class AlignedProcessor:
         # re-converges in about 0.5 s where keeping the states took 3-8 s.
         reset_states = self.stages[0].pair.reset
 
-        def process_hop(mic: np.ndarray, far: Optional[np.ndarray], out: np.ndarray) -> None:
+        def process_hop(mic: np.ndarray, far: np.ndarray, out: np.ndarray) -> None:
             if ring_push is not None:
                 ring_push(mic, far)
             if mic_line.target != mic_line.hops or far_line.target != far_line.hops:
@@ -360,9 +367,9 @@ class AlignedProcessor:
         self.alignment.close()
 
 
-def wrap(processor, mode: str, ref_delay: Union[str, float], ref_delay_max: float, ref_lead: float,
-         start: bool = True):
+def wrap(processor: HopProcessor, mode: str, ref_delay: Union[str, float], ref_delay_max: float,
+         ref_lead: float, start: bool = True) -> HopProcessor:
     """``processor`` behind the alignment its settings ask for (``ns`` and ``ref_delay: 0``: unchanged)."""
     if mode == "ns" or ref_delay == 0 or (ref_delay != "auto" and _hops(float(ref_delay)) == 0):
         return processor
-    return AlignedProcessor(processor, ref_delay, ref_delay_max, ref_lead, start)
+    return cast(HopProcessor, AlignedProcessor(processor, ref_delay, ref_delay_max, ref_lead, start))

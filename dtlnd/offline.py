@@ -15,7 +15,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import soundfile as sf
@@ -38,6 +38,7 @@ class FileOptions:
     ref: Optional[Path] = None
     ref_channel: Optional[int] = None  # None: the last channel
     subtype: Optional[str] = None  # None: the input's subtype
+    ref_delay: Union[str, float] = "auto"  # aec: "auto" or ms (see dtlnd.align)
 
 
 def _open(path: Path, what: str) -> sf.SoundFile:
@@ -142,6 +143,11 @@ def process_file(src: Path, dst: Path, processor: HopProcessor, opts: FileOption
         raise UsageError(f"{dst}: output would overwrite the input: choose another output path")
     mic, far, in_subtype = load_signals(src, opts, processor.channels == 2)
     fmt, subtype = _output_subtype(dst, in_subtype, opts.subtype)
+    if far is not None and opts.ref_delay != 0:
+        from .align import align_reference
+
+        far, applied = align_reference(mic, far, opts.ref_delay)
+        log.info("%s: %s", src.name, applied)
     y = enhance(BlockStream(processor), mic, far)
     if subtype.startswith("PCM") or subtype in ("ULAW", "ALAW"):
         np.clip(y, -1.0, 1.0, out=y)
