@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -230,9 +230,9 @@ class FileAlignment:
 def align_file(mic: np.ndarray, far: np.ndarray, lead_ms: float, max_ms: float) -> FileAlignment:
     """Track the lag over a whole file with the live estimator's windows and hysteresis.
 
-    A file can look ahead, so a lag accepted at a window applies from that
-    window's centre (the first from the start), and a reference that trails
-    the echo is advanced instead of delaying the microphone.
+    A file can look ahead: the first lag accepted applies from the start, a
+    later one from the point `_change_point` finds, and a reference that
+    trails the echo is advanced instead of delaying the microphone.
     """
     mic_d, far_d = decimate(mic), decimate(far)
     win, step = int(WINDOW_S * EST_RATE), int(STEP_S * EST_RATE)
@@ -241,16 +241,44 @@ def align_file(mic: np.ndarray, far: np.ndarray, lead_ms: float, max_ms: float) 
     schedule: list[tuple[int, int]] = []
     usable = 0
     conf = 0.0
+    old: Optional[int] = None
     for s in starts:
         est = estimate(mic_d[s:s + win], far_d[s:s + win], tr.min_lag, tr.max_lag)
         usable += est.usable
         first = tr.update(est)
         if est.usable and tr.lag is not None and abs(est.lag - tr.lag) <= ms_to_samples(AGREE_MS):
             conf = est.confidence
-        if first is not None:
-            at = 0 if not schedule else (starts[first] * DECIMATE + ms_to_samples(500 * WINDOW_S)) // SHIFT * SHIFT
+        if first is not None and tr.lag is not None:
+            at = 0
+            if schedule and old is not None:
+                lo = starts[max(first - 1, 0)]
+                at = _change_point(mic_d, far_d, old, tr.lag, lo, starts[first] + win) * DECIMATE // SHIFT * SHIFT
             schedule.append((at, (tr.far_hops - tr.mic_hops) * SHIFT))
+        old = tr.lag
     return FileAlignment(tuple(schedule), tr.lag, conf, len(starts), usable)
+
+
+def _change_point(mic_d: np.ndarray, far_d: np.ndarray, old: int, new: int, lo: int, hi: int) -> int:
+    """Where in ``[lo, hi)`` (decimated samples) the echo lag went from ``old`` to ``new`` (16 kHz samples).
+
+    Per quarter second: how much better the microphone correlates with the
+    reference at the new lag than at the old; the change point is the
+    boundary that best separates "old is better" from "new is better".
+    """
+    seg = EST_RATE // 4
+
+    def corr(a: int, lag: int) -> float:
+        b = a - lag // DECIMATE
+        if b < 0 or b + seg > len(far_d):
+            return 0.0
+        x, y = mic_d[a:a + seg], far_d[b:b + seg]
+        return float(abs(np.dot(x, y)) / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-12))
+
+    starts = list(range(lo, max(lo + 1, hi - seg + 1), seg))
+    gain = np.array([corr(a, new) - corr(a, old) for a in starts])
+    # score(b) = sum(gain[b:]) - sum(gain[:b]) for each boundary b
+    score = gain.sum() - 2 * np.concatenate([[0.0], np.cumsum(gain)])
+    return starts[0] + int(np.argmax(score[:len(starts)])) * seg
 
 
 def shift_reference(far: np.ndarray, schedule: tuple[tuple[int, int], ...], fade: int = SHIFT) -> np.ndarray:
@@ -280,12 +308,35 @@ def shift_reference(far: np.ndarray, schedule: tuple[tuple[int, int], ...], fade
     return out
 
 
+class AlignedReference(NamedTuple):
+    """A file's reference as `align_reference` shifted it."""
+
+    far: np.ndarray
+    #: what was found and done, for the log, and its level
+    text: str
+    level: int
+    #: samples at which the echo canceller's states are zeroed (each later change: as live)
+    resets: tuple[int, ...]
+
+
 def align_reference(mic: np.ndarray, far: np.ndarray, ref_delay: Union[str, float],
-                    ref_delay_max: float = 1000.0, lead_ms: float = 40.0) -> tuple[np.ndarray, str]:
-    """The reference of a file shifted as ``ref_delay`` asks (whole hops, as live), and what was done."""
+                    ref_delay_max: Optional[float] = None, lead_ms: Optional[float] = None) -> AlignedReference:
+    """The reference of a file shifted as ``ref_delay`` asks (whole hops, as live).
+
+    ``ref_delay_max`` and ``lead_ms`` default to the settings' defaults.
+    """
+    from .config import Settings
+
+    ref_delay_max = Settings.ref_delay_max if ref_delay_max is None else ref_delay_max
+    lead_ms = Settings.ref_lead if lead_ms is None else lead_ms
     if ref_delay == "auto":
+        if np.ptp(far) == 0:
+            return AlignedReference(far, f"reference alignment: the far-end reference is constant (value "
+                                    f"{far[0]:.3g}): wrong channel or nothing played; the microphone passes "
+                                    "through as it is", logging.WARNING, ())
         found = align_file(mic, far, lead_ms, ref_delay_max)
-        return shift_reference(far, found.schedule), found.describe()
+        resets = tuple(at for at, _ in found.schedule[1:])
+        return AlignedReference(shift_reference(far, found.schedule), found.describe(), logging.INFO, resets)
     shift = round(ms_to_samples(float(ref_delay)) / SHIFT) * SHIFT
     text = f"reference alignment: fixed, reference shifted {samples_to_ms(shift):+.0f} ms"
-    return shift_reference(far, ((0, shift),)), text
+    return AlignedReference(shift_reference(far, ((0, shift),)), text, logging.INFO, ())

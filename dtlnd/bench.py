@@ -68,12 +68,13 @@ def bench_pair(name: str, model_dir: Optional[Path], rt: str, mic: np.ndarray, f
                blocks: int = 3000, threads: int = 1, fft: str = "auto",
                ref_delay: Union[str, float] = 0) -> BenchResult:
     """Time ``blocks`` hops of ``mic``/``far`` (cycled) through one model pair."""
+    from .config import Settings
     from .delayline import wrap
 
     pair = runtime.ModelPair.load(name, model_dir, rt, threads)
     bare = NoiseSuppressor(pair, fft) if pair.kind == "ns" else EchoCanceller(pair, fft)
     fft_backend = bare.fft_backend
-    proc = wrap(bare, pair.kind, ref_delay, 1000.0, 40.0)
+    proc = wrap(bare, pair.kind, ref_delay, Settings.ref_delay_max, Settings.ref_lead)
     hops = len(mic) // SHIFT
     mic_hops = mic[: hops * SHIFT].reshape(hops, SHIFT)
     far_hops = far[: hops * SHIFT].reshape(hops, SHIFT)

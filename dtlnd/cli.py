@@ -61,8 +61,7 @@ def _ref_delay(args: argparse.Namespace):
     """``--ref-delay`` checked as the config file's ``ref_delay`` is (exit 78 when wrong)."""
     from . import config
 
-    d = config.Settings()
-    return config.check_alignment(args.ref_delay, d.ref_delay_max, d.ref_lead)
+    return config.check_alignment(args.ref_delay, config.Settings.ref_delay_max, config.Settings.ref_lead)
 
 
 def _build_processor(args: argparse.Namespace):

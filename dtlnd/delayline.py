@@ -16,7 +16,6 @@ its next hop with a one-hop (8 ms) crossfade, so a change never clicks.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -34,8 +33,8 @@ log = logging.getLogger("dtlnd")
 
 #: Seconds between the worker's looks at the ring.
 POLL_S = 0.25
-#: Seconds of hops the feed ring holds (the worker may fall this far behind).
-RING_S = 4.0
+#: Seconds of hops the feed ring holds (the worker must look more often than this).
+RING_S = 2.0
 #: Longest delay line, in hops: indices must stay CPython cached ints (< 257).
 MAX_HOPS = 250
 
@@ -95,48 +94,59 @@ class HopDelay:
 
 
 class FeedRing:
-    """Raw microphone and reference hops for the estimator, and a count of hops written."""
+    """Raw microphone and reference hops for the estimator, and the slot written next.
+
+    Nothing on the writer's side allocates: the slots are preallocated views
+    and the position is an int below 257 (a counter, or a ufunc on a
+    1-element array, would allocate).  The reader tells how many hops came
+    since its last look from the position, so it must look more often than
+    the ring wraps (`RING_S`); the worker tells it when it did not.
+    """
 
     def __init__(self, hops: int) -> None:
+        if not 16 <= hops <= MAX_HOPS:
+            raise ValueError(f"feed ring of {hops} hops: use 16..{MAX_HOPS}")
         self.hops = hops
         self.mic = np.zeros((hops, SHIFT), np.float32)
         self.far = np.zeros((hops, SHIFT), np.float32)
         self._slots = [(self.mic[i], self.far[i]) for i in range(hops)]
-        self.count = np.zeros(1, np.int64)  # an array: += on an int would allocate past 256
-        self._one = np.ones(1, np.int64)
+        self.position = 0
         self.generation = 0
-        self._next = itertools.cycle(self._slots).__next__
 
     def push(self, mic: np.ndarray, far: np.ndarray) -> None:
-        m, f = self._next()
+        w = self.position
+        m, f = self._slots[w]
         np.copyto(m, mic)
         np.copyto(f, far)
-        np.add(self.count, self._one, self.count)
+        w += 1
+        self.position = 0 if w == self.hops else w
 
-    def read(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of hops ``start`` to ``end`` (counted from the last reset), as flat signals."""
-        idx = np.arange(start, end) % self.hops
+    def read(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of ``count`` hops from slot ``start`` on, as flat signals."""
+        idx = np.arange(start, start + count) % self.hops
         return self.mic[idx].ravel(), self.far[idx].ravel()
 
     def reset(self) -> None:
         """Start over (streams stopped): the worker sees the new generation and restarts."""
         self.mic.fill(0.0)
         self.far.fill(0.0)
-        self._next = itertools.cycle(self._slots).__next__
-        self.count[0] = 0
+        self.position = 0
         self.generation += 1
 
 
 def _worker(ref: weakref.ref[Aligner], stop: threading.Event) -> None:
+    last = time.monotonic()
     while not stop.wait(POLL_S):
         aligner = ref()
         if aligner is None:
             return
+        now = time.monotonic()
         try:
-            aligner.poll()
+            aligner.poll(overrun=now - last > 0.8 * RING_S)
         except Exception:  # a bug here must not end echo cancellation: keep the last alignment
             log.exception("reference alignment: the estimator failed; keeping the current alignment")
             return
+        last = now
         del aligner
 
 
@@ -201,16 +211,23 @@ class Aligner(_Shifts):
 
     # -- the worker's round ------------------------------------------------------
 
-    def poll(self) -> None:
-        """Take what the ring holds since the last round; estimate every `STEP_S` of it."""
+    def poll(self, overrun: bool = False) -> None:
+        """Take what the ring got since the last round; estimate every `STEP_S` of it.
+
+        ``overrun``: the last round was so long ago that the ring may have
+        wrapped: start over from what it holds.
+        """
         t0 = time.thread_time()
         if self.ring.generation != self._gen:
             self._restart()
-        count = int(self.ring.count[0])
-        start = max(self._seen, count - (self.ring.hops - 8))  # 8 hops of margin from the writer
-        if count > start:
-            mic, far = self.ring.read(start, count)
-            self._seen = count
+        pos, size = self.ring.position, self.ring.hops
+        count = (pos - self._seen) % size
+        if overrun:
+            self._restart()
+            count = size - 8  # 8 hops of margin from the writer
+        if count:
+            mic, far = self.ring.read((pos - count) % size, count)
+            self._seen = pos
             self._watch_reference(mic, far)
             dec = self._dec.resample_chunk(np.stack([mic, far], axis=1))
             self._buf = np.concatenate([self._buf, dec])[-self._win:]
@@ -320,7 +337,7 @@ class AlignedProcessor:
         self.ring: Optional[FeedRing] = None
         self.alignment: Union[Aligner, FixedAlignment]
         if ref_delay == "auto":
-            self.ring = FeedRing(int(RING_S * RATE / SHIFT))
+            self.ring = FeedRing(round(RING_S * RATE / SHIFT))
             self.alignment = Aligner(self.ring, self.far_line, self.mic_line, ref_lead, ref_delay_max)
             if start:
                 self.alignment.start()
