@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -150,8 +151,8 @@ def run(models: list[str], model_dir: Optional[Path], runtimes: list[str], audio
                 print(f"{r.model:<22} {r.runtime:<15} {e.mean:>10.1f} {e.median:>10.1f} {e.p99:>10.1f} "
                       f"{f.mean:>8.1f} {f.median:>8.1f} {f.p99:>9.1f} {r.ratio:>6.2f} {100 * r.budget_share:>6.1f}%",
                       flush=True)
-                if r.alignment:
-                    print(f"  {r.alignment}", flush=True)
+                if r.alignment:  # a note, on stderr: stdout stays one row per pair
+                    print(f"{r.model} on {r.runtime}: {r.alignment}", file=sys.stderr, flush=True)
     if as_json:
         print(json.dumps({"input": label, "results": [asdict(r) for r in results], "errors": errors}, indent=2))
     else:
