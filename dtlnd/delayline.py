@@ -228,6 +228,8 @@ class Aligner(_Shifts):
         if count:
             mic, far = self.ring.read((pos - count) % size, count)
             self._seen = pos
+            if not (np.isfinite(mic).all() and np.isfinite(far).all()):  # NaN would blank every window holding it
+                mic, far = (np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) for x in (mic, far))
             self._watch_reference(mic, far)
             dec = self._dec.resample_chunk(np.stack([mic, far], axis=1))
             self._buf = np.concatenate([self._buf, dec])[-self._win:]

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from align_util import FAR, settled, shifted
 from audio_util import read, rms_dbfs
 from rig import RATE, NotifySocket, Recorder, Rig, daemon, kill_leftovers, require_rig, sound_runs, write_raw
-from test_align import FAR, settled, shifted
 
 OUT = ("--output", "rig_loop_play", "--output-format", "FLOAT_LE")
 
