@@ -261,7 +261,11 @@ class Aligner(_Shifts):
         q = self._quiet
         mic_on = align.level_db(mic) >= align.MIC_ACTIVE_DB
         q["constant"] = q["constant"] + dur if np.ptp(far) == 0 else 0.0
-        q["silent"] = q["silent"] + dur if mic_on and align.level_db(far) < align.FAR_ACTIVE_DB else 0.0
+        # Seconds of microphone activity since the reference was last active (talk has pauses).
+        if align.level_db(far) >= align.FAR_ACTIVE_DB:
+            q["silent"] = 0.0
+        elif mic_on:
+            q["silent"] += dur
         if q["constant"] >= WINDOW_S:
             self._warn("constant", f"the far-end reference has been constant (value {far[-1]:.3g}) for "
                        f"{q['constant']:.0f} s: wrong ref_channel, or nothing connected; "

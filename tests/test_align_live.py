@@ -265,3 +265,24 @@ def test_non_finite_input_does_not_stop_the_estimator(aec, farend):
     assert proc.alignment.lag_ms is not None and abs(proc.alignment.lag_ms - 335.4) <= 1.0
     assert proc.alignment.state == "locked"
     aec.reset()
+
+
+def test_silent_reference_warns_once_after_20_s(nearend, caplog):
+    """Near-end talk with the reference at -68 dBFS (nothing playing): one warning, nothing moves."""
+    mic, lpb = nearend
+    with caplog.at_level(logging.WARNING, "dtlnd"):
+        ring, a = _aligner()
+        _feed(ring, a, np.tile(mic, 3)[:25 * RATE], np.tile(lpb, 3)[:25 * RATE])
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "silent for 20 s while the microphone is active" in warnings[0], warnings
+    assert a.state == "searching" and a.far_line.target == 0 and a.mic_line.target == 0
+
+
+def test_live_double_talk_still_finds_the_echo(aec, farend, nearend):
+    echo, lpb = farend
+    mic = echo + nearend[0][:len(echo)]
+    proc = delayline.AlignedProcessor(aec, "auto", 1000, 40, start=False)
+    proc.reset()
+    live(proc, mic, shifted(lpb, -200))
+    assert abs(proc.alignment.lag_ms - 235.4) <= 1.0 and proc.alignment.applied_ms == 192
+    aec.reset()
