@@ -56,7 +56,10 @@ class Daemon:
 
     @staticmethod
     def _load(s: Settings) -> engine.HopProcessor:
-        return engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads)
+        from .delayline import wrap  # reference alignment (aec, aec+ns): see dtlnd.align
+
+        return wrap(engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads),
+                    s.mode, s.ref_delay, s.ref_delay_max, s.ref_lead)
 
     def _model_label(self) -> str:
         s = self.settings
@@ -153,9 +156,11 @@ class Daemon:
                 snap = self.snapshot(now - started, report_from)
                 report_from = self.stats.blocks
                 if snap is not None:
-                    self.notify("STATUS=" + snap.status(self.settings.mode, self._model_label()))
+                    aligned = getattr(self.processor, "alignment", None)
+                    extra = "" if aligned is None else f" | {aligned.describe()}"
+                    self.notify("STATUS=" + snap.status(self.settings.mode, self._model_label()) + extra)
                     if self.measure:
-                        self.out(snap.line())
+                        self.out(snap.line() + extra)
         self.notify("STOPPING=1")
         log.info("stopping")
         summary = self.snapshot(time.monotonic() - started, 0)
@@ -262,6 +267,9 @@ class Daemon:
                  f"deadline misses {snap.missed}; buffer re-centred {snap.resyncs} times; "
                  f"audio lost {self.totals['lost']} times")
         self.out(f"  latency: {snap.latency}")
+        aligned = getattr(self.processor, "alignment", None)
+        if aligned is not None:
+            self.out(f"  alignment: {aligned.describe()}; estimator {aligned.cpu_per_s:.4f} CPU s per audio s")
         self.out(f"  result: {'OK' if ok else 'FAIL: xruns, deadline misses or lost audio'}")
         return 0 if ok else 1
 
