@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -47,7 +47,9 @@ def _set_realtime(priority: int) -> str:
 class AudioPipeline:
     """Open (``start``) and close the two streams for one set of settings."""
 
-    def __init__(self, settings: Settings, processor: HopProcessor, stats: BlockStats) -> None:
+    def __init__(self, settings: Settings, processor: HopProcessor, stats: BlockStats,
+                 on_finished: Optional[Callable[[], None]] = None) -> None:
+        """``on_finished``: called (in PortAudio's thread) when either stream ends, so a dead one is seen at once."""
         self.settings = settings
         self.processor = processor
         self.stats = stats
@@ -90,11 +92,13 @@ class AudioPipeline:
         latency = s.latency
         self.input_stream = sd.InputStream(
             device=self.in_dev.index, samplerate=self.in_rate, channels=n_in, dtype="float32",
-            blocksize=max(1, round(SHIFT * self.in_rate / RATE)), latency=latency, callback=self._input_callback)
+            blocksize=max(1, round(SHIFT * self.in_rate / RATE)), latency=latency, callback=self._input_callback,
+            finished_callback=on_finished)
         try:
             self.output_stream = sd.OutputStream(
                 device=self.out_dev.index, samplerate=self.out_rate, channels=s.output.channels, dtype=dtype,
-                blocksize=out_block, latency=latency, callback=self._output_callback)
+                blocksize=out_block, latency=latency, callback=self._output_callback,
+                finished_callback=on_finished)
         except Exception:
             self.input_stream.close()
             raise

@@ -47,3 +47,9 @@ class ConfigError(DtlndError):
 
 class ModelError(ConfigError):
     """A model pair that is missing, corrupt or unfit for the asked mode."""
+
+
+class ExtraMissing(DtlndError):
+    """An optional feature whose extra (e.g. ``dtlnd[eval]``) is not installed."""
+
+    exit_status = 69  # EX_UNAVAILABLE

@@ -35,12 +35,11 @@ class FakePipeline:
     output_on = True
     opened: list["FakePipeline"] = []
 
-    def __init__(self, settings, processor, stats) -> None:
+    def __init__(self, settings, processor, stats, on_finished=None) -> None:
         error, FakePipeline.fail_once = FakePipeline.fail_once or FakePipeline.fail, None
         if error is not None:
             raise error
         self.settings, self.stats = settings, stats
-        self.bridge = SimpleNamespace(missed=0, resyncs=0, latency_samples=320.0)
         self.rt_results: list[str] = []
         self.active = True
         self._stop = threading.Event()
@@ -87,12 +86,12 @@ class Notes:
 
 
 @pytest.fixture
-def fake(monkeypatch):
+def fake(monkeypatch, tmp_path):
     monkeypatch.setattr(service, "AudioPipeline", FakePipeline)
     monkeypatch.setattr(service.devices, "reinitialize", lambda: None)
-    pair = SimpleNamespace(runtime="fake")
     monkeypatch.setattr(service.Daemon, "_load", staticmethod(
-        lambda s: SimpleNamespace(pair=pair, channels=1, delay=384, reset=lambda: None)))
+        lambda s: SimpleNamespace(runtime="fake", channels=1, delay=384, reset=lambda: None)))
+    monkeypatch.setenv("DTLND_RUNTIME_DIR", str(tmp_path / "run"))
     monkeypatch.setattr(FakePipeline, "opened", [])
     for name in ("fail", "fail_once", "delay", "close_takes", "input_on", "output_on"):
         monkeypatch.setattr(FakePipeline, name, getattr(FakePipeline, name))
@@ -195,8 +194,8 @@ def test_measure_fails_a_run_that_lost_audio(fake, tmp_path):
 
     status, d, notes = run_daemon(tmp_path, 2.0, [(0.5, kill_stream)], measure=lines)
     assert status == 1
-    assert any(line.endswith("audio lost 1 times") for line in lines), lines
-    assert lines[-1] == "  result: FAIL: xruns, deadline misses or lost audio"
+    assert any(line.endswith("audio stream lost 1 times") for line in lines), lines
+    assert lines[-1] == "  result: FAIL: audio stream lost 1 times"
 
 
 def test_reload_while_the_device_is_gone_keeps_the_daemon_alive(fake, tmp_path, caplog):
