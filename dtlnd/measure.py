@@ -36,6 +36,7 @@ class BlockStats:
         self.late = 0  # blocks whose processing took longer than 8 ms
         self.callback_errors = 0
         self.last_error: BaseException | None = None
+        self.streams_lost = 0  # the supervisor's: streams found dead or silent, and reopened
         # Lost time: 16 kHz input samples that the stream clock says passed
         # but never reached the engine, and how many times (input callback).
         self.gap_samples = 0
@@ -43,8 +44,6 @@ class BlockStats:
         # The clock bridge's: reads that found samples missing, and re-centrings.
         self.missed = 0
         self.resyncs = 0
-        # The supervisor's: streams found dead or silent and reopened.
-        self.streams_lost = 0
 
     def record(self, ns: int) -> None:
         self.times[self.blocks % self.size] = ns
@@ -102,6 +101,8 @@ class Snapshot:
     resets: int  # model state resets after a non-finite output or state (the engine's)
     streams_lost: int
     latency: Optional[Latency]  # None while no stream is open
+    dropped: int = 0  # whole blocks the bridge dropped or repeated when it re-centred
+    inserted: int = 0
 
     @property
     def budget_share(self) -> float:
@@ -117,7 +118,7 @@ class Snapshot:
             (self.xruns, f"xruns (input overflow {self.input_overflows}, output underflow {self.output_underflows})"),
             (self.gaps, f"lost audio ({self.lost_ms:.0f} ms in {self.gaps} gaps)"),
             (self.missed, f"deadline misses {self.missed}"),
-            (self.resyncs, f"buffer re-centred {self.resyncs} times"),
+            (self.resyncs, f"buffer re-centred {self.resyncs} times{self._blocks_moved()}"),
             (self.late, f"late blocks {self.late}"),
             (self.callback_errors, f"callback errors {self.callback_errors}"),
             (self.nonfinite, f"non-finite input samples {self.nonfinite}"),
@@ -126,13 +127,17 @@ class Snapshot:
         ]
         return [text for count, text in named if count] + ([] if self.blocks else ["no audio was processed"])
 
+    def _blocks_moved(self) -> str:
+        return f" (dropped {self.dropped}, inserted {self.inserted} blocks)" if self.dropped or self.inserted else ""
+
     def line(self) -> str:
         """The ``--measure`` line: this second's engine times, the run's counters."""
         latency = str(self.latency) if self.latency is not None else "no stream open"
         return (f"[{self.seconds:6.1f} s] engine {self.mean_ms:.3f} ms/block (p99 {self.p99_ms:.3f}, "
                 f"max {self.max_ms:.3f}) = {100 * self.budget_share:.1f}% of 8 ms | xruns in "
                 f"{self.input_overflows} out {self.output_underflows} | misses {self.missed} | "
-                f"re-centred {self.resyncs} | gaps {self.gaps} ({self.lost_ms:.0f} ms) | late {self.late} | "
+                f"re-centred {self.resyncs}{self._blocks_moved()} | gaps {self.gaps} ({self.lost_ms:.0f} ms) | "
+                f"late {self.late} | "
                 f"errors {self.callback_errors} | non-finite {self.nonfinite} | resets {self.resets} | "
                 f"lost {self.streams_lost} | latency {latency}")
 
@@ -150,7 +155,7 @@ class Snapshot:
             f"  engine per block: mean {self.mean_ms:.3f} ms, p99 {self.p99_ms:.3f} ms, max {self.max_ms:.3f} ms"
             f" ({100 * self.budget_share:.1f}% of the 8 ms budget; {self.late} blocks over it)",
             f"  xruns: input overflow {self.input_overflows}, output underflow {self.output_underflows}; "
-            f"deadline misses {self.missed}; buffer re-centred {self.resyncs} times",
+            f"deadline misses {self.missed}; buffer re-centred {self.resyncs} times{self._blocks_moved()}",
             f"  lost audio: {self.gaps} gaps, {self.lost_ms:.0f} ms; audio stream lost {self.streams_lost} times",
             f"  callback errors {self.callback_errors}; non-finite input samples {self.nonfinite}; "
             f"model state resets {self.resets}",
@@ -165,7 +170,9 @@ class Snapshot:
             "engine": {"mean_ms": round(self.mean_ms, 4), "p99_ms": round(self.p99_ms, 4),
                        "max_ms": round(self.max_ms, 4), "budget_share": round(self.budget_share, 4)},
             "xruns": {"input": self.input_overflows, "output": self.output_underflows},
-            "misses": self.missed, "resyncs": self.resyncs, "gaps": self.gaps, "lost_ms": round(self.lost_ms, 1),
+            "misses": self.missed, "resyncs": self.resyncs,
+            "dropped_blocks": self.dropped, "inserted_blocks": self.inserted,
+            "gaps": self.gaps, "lost_ms": round(self.lost_ms, 1),
             "late": self.late, "callback_errors": self.callback_errors, "nonfinite": self.nonfinite,
             "resets": self.resets, "streams_lost": self.streams_lost,
             "latency_ms": self.latency.as_dict() if self.latency is not None else None,
@@ -184,7 +191,9 @@ def take(stats: BlockStats, seconds: float, since: int, latency: Optional[Latenc
     mean, p99, mx = summarize(stats.times_since(since))
     return Snapshot(seconds, stats.blocks, mean, p99, mx, stats.input_overflows, stats.output_underflows,
                     stats.missed, stats.resyncs, stats.late, stats.callback_errors, stats.gaps,
-                    1000.0 * stats.gap_samples / RATE, nonfinite, resets, stats.streams_lost, latency)
+                    1000.0 * stats.gap_samples / RATE, nonfinite, resets, stats.streams_lost, latency,
+                    # The bridge's block re-centring counters (getattr: not in every BlockStats yet).
+                    int(getattr(stats, "dropped", 0)), int(getattr(stats, "inserted", 0)))
 
 
 class Timeline:

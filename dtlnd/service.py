@@ -7,19 +7,13 @@ advance), LOST (no streams: reopening with backoff, re-initialising
 PortAudio for a fresh device list), RELOADING (SIGHUP) and STOPPING.  Once a
 second it reports: STATUS= to systemd, the ``--measure`` line, the state
 file `dtlnd status` reads, and a row of the ``--plot`` timeline.  Signal
-handlers and the streams' ``finished_callback`` only set flags.
-
-Garbage collection: after start-up every object is frozen (``gc.freeze``)
-and automatic collection is off; the loop collects the young generation
-when it is due, and the older ones rarely, so a collection never starts
-inside an audio callback.  ``DTLND_GC=python`` keeps Python's own policy
-(for measuring the difference).
+handlers and the streams' ``finished_callback`` only set flags.  Garbage
+collection runs from the loop too (`gcpolicy`).
 """
 
 from __future__ import annotations
 
 import enum
-import gc
 import logging
 import os
 import signal
@@ -35,6 +29,7 @@ from .audio import AudioPipeline
 from .config import Settings
 from .constants import DEFAULT_MODELS
 from .errors import ConfigError, DeviceError, DtlndError, UsageError
+from .gcpolicy import Collector
 from .measure import BlockStats, Snapshot
 from .status import ProcessUsage, StateFile
 
@@ -43,8 +38,6 @@ log = logging.getLogger("dtlnd")
 TICK = 0.05  # supervisor period, seconds
 STALL = 1.5  # seconds without callbacks before a stream counts as dead
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
-GC_YOUNG = 700  # allocations before the loop collects generation 0 (Python's own threshold)
-GC_OLD_EVERY = 60.0  # seconds between collections of all generations
 
 
 class State(enum.Enum):
@@ -160,8 +153,7 @@ class Daemon:
         # line: the main side's own counters (the callbacks own the count).
         self._errors_reported = self._errors_named = 0
         self._last_ping = 0.0
-        self._gc_old = 0.0
-        self.gc_max_ms = 0.0
+        self.gc = Collector()
 
     # -- set-up --------------------------------------------------------------
 
@@ -205,11 +197,11 @@ class Daemon:
         # The first open checks the settings against the devices: a device
         # name that does not exist is a configuration error, not an unplug,
         # and its one-line error is all the user sees (so log after it).
+        self.gc.start()  # before the streams start: the one full collection must not delay a callback
         started = time.monotonic()
         self._open(started)
         log.info("dtlnd starting: mode %s, model %s, runtime %s", self.settings.mode, self.model_label(),
                  self.runtime_label())
-        self._gc_start()
         next_report, report_from = started + 1.0, 0
         steps = {State.OPENING: self._opening, State.FLOWING: self._flowing, State.LOST: self._lost}
         while not self._stop:
@@ -222,7 +214,7 @@ class Daemon:
                 self._reload = False
                 self._do_reload(now)
             steps[self.state](now)
-            self._gc_tick(now)
+            self.gc.tick(now)
             if now >= next_report:
                 # A loop held up (a close that blocked) does not catch up in a burst.
                 next_report = max(next_report + 1.0, now + 0.5)
@@ -305,7 +297,7 @@ class Daemon:
         summary = self.snapshot(seconds, 0)
         self._close()
         self.state_file.remove()
-        gc.enable()
+        self.gc.stop()
         if self.timeline is not None and self.plot is not None:
             from . import plot
 
@@ -404,32 +396,10 @@ class Daemon:
                  "state": self.state.value, "mode": self.settings.mode, "model": self.model_label(),
                  "runtime": self.runtime_label(), "devices": self.pipeline.describe() if self.pipeline else None,
                  **snap.as_dict(), "extra": extra, "cpu_percent": round(self._usage.cpu_percent(), 1),
-                 "rss_kib": self._usage.rss_kib(), "gc_max_ms": round(self.gc_max_ms, 3)}
+                 "rss_kib": self._usage.rss_kib(), "gc_max_ms": round(self.gc.max_ms, 3)}
         why = self.state_file.write(state)
         if why is not None:
             log.warning("%s", why)
-
-    # -- garbage collection ------------------------------------------------------
-
-    def _gc_start(self) -> None:
-        if os.environ.get("DTLND_GC") == "python":
-            return
-        gc.collect()
-        gc.freeze()  # start-up's objects (models, arrays, modules) are never scanned again
-        gc.disable()
-
-    def _gc_tick(self, now: float) -> None:
-        """Collect here, between callbacks' work, instead of wherever an allocation trips the threshold."""
-        if gc.isenabled():
-            return
-        old = now - self._gc_old >= GC_OLD_EVERY
-        if not old and gc.get_count()[0] < GC_YOUNG:
-            return
-        t0 = time.perf_counter()
-        gc.collect(2 if old else 0)
-        self.gc_max_ms = max(self.gc_max_ms, 1000 * (time.perf_counter() - t0))
-        if old:
-            self._gc_old = now
 
 
 def measure_timeline(duration: Optional[float]) -> measure.Timeline:
