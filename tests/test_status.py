@@ -142,9 +142,10 @@ def test_cpu_percent_follows_work():
     usage = status.ProcessUsage()
     time.sleep(0.3)
     idle = usage.cpu_percent()
-    end = time.monotonic() + 0.3
+    end = time.monotonic() + 0.5
     while time.monotonic() < end:
         pass
     busy = usage.cpu_percent()
     print(f"\nidle {idle:.1f}%, busy {busy:.1f}%")
-    assert idle < 30 and busy > 40
+    # A spinning thread gets a whole CPU on an idle machine, less on a loaded one.
+    assert idle < 30 and busy > idle + 10 and busy <= 110
