@@ -45,6 +45,12 @@ def check(path: Path) -> None:
         raise OutputError(f"--plot {path}: not writable; choose another path")
 
 
+def _top(values: np.ndarray, floor: float) -> float:
+    """The axis top: the largest finite value, but at least ``floor`` (so a flat zero is visible as zero)."""
+    finite = values[np.isfinite(values)]
+    return max(floor, float(finite.max()) if len(finite) else 0.0)
+
+
 def write(path: Path, timeline: Timeline, title: str) -> None:
     """Engine time, buffer fill, xruns/misses/lost audio and the reference delay on one time axis."""
     plt = _pyplot()
@@ -62,18 +68,19 @@ def write(path: Path, timeline: Timeline, title: str) -> None:
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper right", fontsize="small")
     ax = axes[1]
-    ax.plot(t, c["buffer_ms"], color="tab:green")
+    ax.plot(t, c["buffer_ms"], color="tab:green", marker=".")
     ax.set_ylabel("clock-bridge\nbuffer (ms)")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, 1.25 * _top(c["buffer_ms"], 10.0))
     ax = axes[2]
-    ax.step(t, c["xruns"], where="post", label="xruns")
-    ax.step(t, c["misses"], where="post", label="deadline misses")
+    ax.step(t, c["xruns"], where="post", label="xruns", linewidth=2)
+    ax.step(t, c["misses"], where="post", label="deadline misses", linestyle="--")
     ax.set_ylabel("count since start")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, 1.25 * _top(np.concatenate([c["xruns"], c["misses"]]), 4.0))
+    ax.yaxis.get_major_locator().set_params(integer=True)
     twin = ax.twinx()
     twin.step(t, c["lost_ms"], where="post", color="tab:red", label="lost audio (ms)")
-    twin.set_ylabel("lost audio (ms)", color="tab:red")
-    twin.set_ylim(bottom=0)
+    twin.set_ylabel("lost audio since start (ms)", color="tab:red")
+    twin.set_ylim(0, 1.25 * _top(c["lost_ms"], 100.0))
     lines = ax.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left", fontsize="small")

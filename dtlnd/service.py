@@ -154,6 +154,7 @@ class Daemon:
         self._errors_reported = self._errors_named = 0
         self._last_ping = 0.0
         self.gc = Collector()
+        self._report_from = 0  # the first block of the current report's second
 
     # -- set-up --------------------------------------------------------------
 
@@ -202,7 +203,7 @@ class Daemon:
         self._open(started)
         log.info("dtlnd starting: mode %s, model %s, runtime %s", self.settings.mode, self.model_label(),
                  self.runtime_label())
-        next_report, report_from = started + 1.0, 0
+        next_report = started + 1.0
         steps = {State.OPENING: self._opening, State.FLOWING: self._flowing, State.LOST: self._lost}
         while not self._stop:
             self._wake.wait(TICK)
@@ -218,8 +219,8 @@ class Daemon:
             if now >= next_report:
                 # A loop held up (a close that blocked) does not catch up in a burst.
                 next_report = max(next_report + 1.0, now + 0.5)
-                self._report(self.snapshot(now - started, report_from))
-                report_from = self.stats.blocks
+                self._report(self.snapshot(now - started, self._report_from))
+                self._report_from = self.stats.blocks
         return self._finish(time.monotonic() - started)
 
     def _enter(self, state: State) -> None:
@@ -295,6 +296,8 @@ class Daemon:
         self.notify("STOPPING=1")
         log.info("stopping")
         summary = self.snapshot(seconds, 0)
+        if self.timeline is not None:  # the last part-second too
+            self.timeline.add(self.snapshot(seconds, self._report_from))
         self._close()
         self.state_file.remove()
         self.gc.stop()
