@@ -8,6 +8,7 @@ a `Snapshot` and, for ``--plot``, appends one row to a preallocated `Timeline`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
@@ -103,6 +104,7 @@ class Snapshot:
     latency: Optional[Latency]  # None while no stream is open
     dropped: int = 0  # whole blocks the bridge dropped or repeated when it re-centred
     inserted: int = 0
+    timed: int = 0  # blocks the engine times are of (the ring keeps the last `BlockStats.size`)
 
     @property
     def budget_share(self) -> float:
@@ -112,8 +114,8 @@ class Snapshot:
     def xruns(self) -> int:
         return self.input_overflows + self.output_underflows
 
-    def causes(self) -> list[str]:
-        """Why this run is not clean, one named cause each; empty when it is."""
+    def causes(self, more: Sequence[str] = ()) -> list[str]:
+        """Why this run is not clean, one named cause each (``more``: the supervisor's own); empty when it is."""
         named = [
             (self.xruns, f"xruns (input overflow {self.input_overflows}, output underflow {self.output_underflows})"),
             (self.gaps, f"lost audio ({self.lost_ms:.0f} ms in {self.gaps} gaps)"),
@@ -125,7 +127,8 @@ class Snapshot:
             (self.resets, f"model state resets {self.resets}"),
             (self.streams_lost, f"audio stream lost {self.streams_lost} times"),
         ]
-        return [text for count, text in named if count] + ([] if self.blocks else ["no audio was processed"])
+        return [text for count, text in named if count] + list(more) + ([] if self.blocks else
+                                                                       ["no audio was processed"])
 
     def _blocks_moved(self) -> str:
         return f" (dropped {self.dropped}, inserted {self.inserted} blocks)" if self.dropped or self.inserted else ""
@@ -147,12 +150,14 @@ class Snapshot:
         return (f"{mode} {model}: {self.mean_ms:.2f} ms/block, xruns {self.xruns}, misses {self.missed}, "
                 f"gaps {self.gaps}, errors {self.callback_errors}, resets {self.resets}, latency {latency}")
 
-    def summary(self, mode: str, model: str) -> list[str]:
+    def summary(self, mode: str, model: str, more: Sequence[str] = ()) -> list[str]:
         """The ``--measure`` summary lines; the last is ``result: OK`` or ``result: FAIL: <causes>``."""
-        causes = self.causes()
+        causes = self.causes(more)
+        timed = "" if self.timed >= self.blocks else f" (the last {self.timed})"
         return [
             f"summary: {self.seconds:.1f} s, {self.blocks} blocks, mode {mode}, model {model}",
-            f"  engine per block: mean {self.mean_ms:.3f} ms, p99 {self.p99_ms:.3f} ms, max {self.max_ms:.3f} ms"
+            f"  engine per block{timed}: mean {self.mean_ms:.3f} ms, p99 {self.p99_ms:.3f} ms, "
+            f"max {self.max_ms:.3f} ms"
             f" ({100 * self.budget_share:.1f}% of the 8 ms budget; {self.late} blocks over it)",
             f"  xruns: input overflow {self.input_overflows}, output underflow {self.output_underflows}; "
             f"deadline misses {self.missed}; buffer re-centred {self.resyncs} times{self._blocks_moved()}",
@@ -188,12 +193,13 @@ def summarize(times_ms: np.ndarray) -> tuple[float, float, float]:
 def take(stats: BlockStats, seconds: float, since: int, latency: Optional[Latency],
          nonfinite: int = 0, resets: int = 0) -> Snapshot:
     """A `Snapshot` of ``stats``: engine times of blocks ``since`` onwards, all counters."""
-    mean, p99, mx = summarize(stats.times_since(since))
+    times = stats.times_since(since)
+    mean, p99, mx = summarize(times)
     return Snapshot(seconds, stats.blocks, mean, p99, mx, stats.input_overflows, stats.output_underflows,
                     stats.missed, stats.resyncs, stats.late, stats.callback_errors, stats.gaps,
                     1000.0 * stats.gap_samples / RATE, nonfinite, resets, stats.streams_lost, latency,
                     # The bridge's block re-centring counters (getattr: not in every BlockStats yet).
-                    int(getattr(stats, "dropped", 0)), int(getattr(stats, "inserted", 0)))
+                    int(getattr(stats, "dropped", 0)), int(getattr(stats, "inserted", 0)), len(times))
 
 
 class Timeline:

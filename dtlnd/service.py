@@ -292,6 +292,7 @@ class Daemon:
             (log.info if msg.startswith("audio threads") or "off" in msg else log.warning)(msg)
 
     def _finish(self, seconds: float) -> int:
+        ended_in = self.state
         self._enter(State.STOPPING)
         self.notify("STOPPING=1")
         log.info("stopping")
@@ -306,9 +307,11 @@ class Daemon:
 
             plot.write(self.plot, self.timeline, f"{self.settings.mode} {self.model_label()}")
         if self.measure:
-            for line in summary.summary(self.settings.mode, self.model_label()):
+            # Audio that stopped (or never started) in the run's last seconds: too short for a stall.
+            more = [] if ended_in is State.FLOWING else [f"audio not flowing at the end ({ended_in.value})"]
+            for line in summary.summary(self.settings.mode, self.model_label(), more):
                 self.out(line)
-            return 1 if summary.causes() or summary.blocks == 0 else 0
+            return 1 if summary.causes(more) else 0
         return 0
 
     # -- opening and closing -----------------------------------------------------
