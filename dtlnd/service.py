@@ -199,10 +199,10 @@ class Daemon:
         # name that does not exist is a configuration error, not an unplug,
         # and its one-line error is all the user sees (so log after it).
         self.gc.start()  # before the streams start: the one full collection must not delay a callback
-        started = time.monotonic()
-        self._open(started)
+        self._open(time.monotonic())
         log.info("dtlnd starting: mode %s, model %s, runtime %s", self.settings.mode, self.model_label(),
                  self.runtime_label())
+        started = time.monotonic()  # after the open (seconds, on a loaded machine): --duration is audio time
         next_report = started + 1.0
         steps = {State.OPENING: self._opening, State.FLOWING: self._flowing, State.LOST: self._lost}
         while not self._stop:
