@@ -270,7 +270,8 @@ class Daemon:
             self.out("dtlnd measure: no audio was processed")
             return 1
         # Seconds without audio are no better than an xrun: they fail the run too.
-        ok = snap.xruns == 0 and snap.missed == 0 and self.totals["lost"] == 0
+        st = self.stats
+        ok = snap.xruns == 0 and snap.missed == 0 and self.totals["lost"] == 0 and st.gaps == 0
         self.out(f"summary: {snap.seconds:.1f} s, {snap.blocks} blocks, mode {self.settings.mode}, "
                  f"model {self._model_label()}")
         self.out(f"  engine per block: mean {snap.mean_ms:.3f} ms, p99 {snap.p99_ms:.3f} ms, max {snap.max_ms:.3f} ms"
@@ -278,6 +279,8 @@ class Daemon:
         self.out(f"  xruns: input overflow {snap.input_overflows}, output underflow {snap.output_underflows}; "
                  f"deadline misses {snap.missed}; buffer re-centred {snap.resyncs} times; "
                  f"audio lost {self.totals['lost']} times")
+        self.out(f"  lost input: {st.gap_samples / 16:.0f} ms in {st.gaps} gaps; "
+                 f"blocks dropped {st.dropped}, repeated {st.inserted}")
         self.out(f"  latency: {snap.latency}")
         self.out(f"  result: {'OK' if ok else 'FAIL: xruns, deadline misses or lost audio'}")
         return 0 if ok else 1
