@@ -45,6 +45,9 @@ class BlockStats:
         # The clock bridge's: reads that found samples missing, and re-centrings.
         self.missed = 0
         self.resyncs = 0
+        # Whole 128-sample blocks the bridge dropped or repeated to undo a step in its fill.
+        self.dropped = 0
+        self.inserted = 0
 
     def record(self, ns: int) -> None:
         self.times[self.blocks % self.size] = ns
