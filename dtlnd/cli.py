@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, Optional, Sequence
 
@@ -100,12 +101,17 @@ def _cmd_process(args: argparse.Namespace) -> int:
         raise offline.InputError(f"{src}: no such file or folder: check the input path")
     if args.ref is not None and args.set__mode == "ns":
         raise UsageError("--ref is only used by --mode aec or aec+ns")
+    if not src.is_dir():
+        offline.output_format(args.output)  # before loading the models
     processor = _build_processor(args)
     if src.is_dir():
         return offline.process_tree(src, args.output, processor, opts, progress=not args.no_progress)
     if args.output.is_dir():
         raise UsageError(f"{args.output}: is a folder; give an output file name (IN is a single file)")
-    offline.process_file(src, args.output, processor, opts)
+    start = time.perf_counter()
+    seconds = offline.process_file(src, args.output, processor, opts)
+    print(offline.summary(f"enhanced {src} into {args.output} ({args.set__mode}, {_pair_names(processor)})",
+                          seconds, time.perf_counter() - start))
     return 0
 
 
@@ -149,8 +155,29 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_devices(args: argparse.Namespace) -> int:
     from . import devices
 
+    if not devices.list_devices():
+        raise devices.no_devices()
     print(devices.describe())
     return 0
+
+
+def _pair_names(processor) -> str:
+    """``dtln_aec_128_quant + dtln_ns_quant``: the pairs of a processor, in order."""
+    return " + ".join(st.pair.name for st in getattr(processor, "stages", (processor,)))
+
+
+def _check_models(settings, file: Optional[Path]) -> str:
+    """Load the model pair(s) the settings name, exactly as ``run`` does, so that a name that does
+    not exist or a pair unfit for the mode fails here and not at start-up."""
+    from . import engine
+    from .errors import ModelError
+
+    try:
+        processor = engine.build(settings.mode, settings.model, settings.ns_model, settings.model_dir,
+                                 settings.runtime, settings.threads)
+    except ModelError as exc:
+        raise ModelError(f"{file}: {exc}" if file else str(exc)) from None
+    return f"model pairs {_pair_names(processor)} load and fit mode {settings.mode}"
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
@@ -159,7 +186,8 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     from . import config
 
     settings = config.load(args.file)
-    print(f"# {args.file or 'defaults (no file)'}: valid; effective settings:")
+    loaded = _check_models(settings, args.file)
+    print(f"# {args.file or 'defaults (no file)'}: valid; {loaded}; effective settings:")
     print(yaml.safe_dump(config.as_dict(settings), sort_keys=False).rstrip())
     return 0
 
@@ -238,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
 
     add_models_parser(sub)
+    from . import demo
+
+    demo.add_parser(sub)
     return parser
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -110,8 +111,29 @@ def load_signals(src: Path, opts: FileOptions, need_far: bool) -> tuple[np.ndarr
     return mic, far, subtype
 
 
+_FORMAT_ALIASES = {"aif": "AIFF", "oga": "OGG", "wave": "WAV"}
+
+
+def output_format(dst: Path) -> str:
+    """The libsndfile format the output name's extension asks for; an error when it writes no such files."""
+    ext = dst.suffix.lower().lstrip(".")
+    fmt = _FORMAT_ALIASES.get(ext, ext.upper())
+    if not ext or fmt not in sf.available_formats():
+        ours = ", ".join(f".{f.lower()}" for f in ("WAV", "FLAC", "OGG", "MP3") if f in sf.available_formats())
+        what = f"libsndfile {sf.__libsndfile_version__} cannot write .{ext} files" if ext else "no extension"
+        raise UsageError(f"{dst}: {what}: name the output with one of {ours}")
+    return fmt
+
+
+def summary(what: str, audio_seconds: float, wall_seconds: float) -> str:
+    """The one line ``process`` and ``demo`` print: what, how long, and the real-time factor (wall / audio)."""
+    rtf = wall_seconds / audio_seconds if audio_seconds > 0 else 0.0
+    speed = f" ({1 / rtf:.0f}x faster than real time)" if 0 < rtf < 1 else ""
+    return f"{what}: {audio_seconds:.1f} s of audio in {wall_seconds:.2f} s, real-time factor {rtf:.3f}{speed}"
+
+
 def _output_subtype(dst: Path, in_subtype: str, wanted: Optional[str]) -> tuple[str, str]:
-    fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(dst.suffix.lower(), "WAV")
+    fmt = output_format(dst)
     subtype = (wanted or in_subtype).upper()
     if subtype not in sf.available_subtypes(fmt):
         if wanted:
@@ -136,8 +158,8 @@ def enhance(stream: BlockStream, mic: np.ndarray, far: Optional[np.ndarray]) -> 
     return out[d:]
 
 
-def process_file(src: Path, dst: Path, processor: HopProcessor, opts: FileOptions) -> None:
-    """Enhance one file into ``dst`` (written atomically)."""
+def process_file(src: Path, dst: Path, processor: HopProcessor, opts: FileOptions) -> float:
+    """Enhance one file into ``dst`` (written atomically); returns the seconds of audio processed."""
     if dst.exists() and src.exists() and os.path.samefile(src, dst):
         raise UsageError(f"{dst}: output would overwrite the input: choose another output path")
     mic, far, in_subtype = load_signals(src, opts, processor.channels == 2)
@@ -146,6 +168,7 @@ def process_file(src: Path, dst: Path, processor: HopProcessor, opts: FileOption
     if subtype.startswith("PCM") or subtype in ("ULAW", "ALAW"):
         np.clip(y, -1.0, 1.0, out=y)
     write_atomic(dst, y, fmt, subtype)
+    return len(y) / RATE
 
 
 def write_atomic(dst: Path, data: np.ndarray, fmt: str, subtype: str) -> None:
@@ -181,15 +204,17 @@ def process_tree(src: Path, dst: Path, processor: HopProcessor, opts: FileOption
     if opts.ref is not None:
         raise UsageError("--ref takes one file: for a folder, put the reference into a channel of each input")
     failed: list[DtlndError] = []
+    start, seconds = time.perf_counter(), 0.0
     # disable=None: no bar when stderr is not a terminal (logs, pipes, systemd).
     bar = tqdm(files, unit="file", disable=None if progress else True, leave=False)
     for path in bar:
         bar.set_postfix_str(path.name, refresh=False)
         try:
-            process_file(path, dst / path.relative_to(src), processor, opts)
+            seconds += process_file(path, dst / path.relative_to(src), processor, opts)
         except DtlndError as exc:
             failed.append(exc)
             bar.write(f"dtlnd: error: {exc}", file=sys.stderr)
     bar.close()
-    log.info("%d of %d files processed into %s", len(files) - len(failed), len(files), dst)
+    print(summary(f"enhanced {len(files) - len(failed)} of {len(files)} files into {dst}", seconds,
+                  time.perf_counter() - start))
     return failed[0].exit_status if failed else 0

@@ -31,6 +31,7 @@ from .constants import DEFAULT_MODELS
 from .errors import ConfigError, DeviceError, DtlndError, UsageError
 from .gcpolicy import Collector
 from .measure import BlockStats, Snapshot
+from .notify import Notifier
 from .status import ProcessUsage, StateFile
 
 log = logging.getLogger("dtlnd")
@@ -46,23 +47,6 @@ class State(enum.Enum):
     LOST = "lost"
     RELOADING = "reloading"
     STOPPING = "stopping"
-
-
-class Notifier:
-    """sd_notify over $NOTIFY_SOCKET; silent when not run by systemd."""
-
-    def __init__(self) -> None:
-        self._n = None
-        if os.environ.get("NOTIFY_SOCKET"):
-            import sdnotify
-
-            self._n = sdnotify.SystemdNotifier()
-        usec = os.environ.get("WATCHDOG_USEC")
-        self.watchdog_interval = int(usec) / 2e6 if usec and usec.isdigit() else 1.0
-
-    def __call__(self, message: str) -> None:
-        if self._n is not None:
-            self._n.notify(message)
 
 
 class Backoff:
