@@ -42,7 +42,7 @@ def _flag_type(key: config.Key) -> Any:
     return str
 
 
-def _add_settings(p: argparse.ArgumentParser, *, run: bool) -> None:
+def _add_settings(p: argparse.ArgumentParser, *, run: bool, only: Sequence[str] = ()) -> None:
     """The settings' own flags (`dtlnd.config`): all of them on ``run``, the engine's elsewhere.
 
     On ``run`` they default to None, so the config file's values stand
@@ -50,7 +50,7 @@ def _add_settings(p: argparse.ArgumentParser, *, run: bool) -> None:
     """
     groups: dict[bool, Any] = {}
     for key in config.schema():
-        if not key.flag or not (run or key.process):
+        if not key.flag or not (run or key.process) or (only and key.name not in only):
             continue
         if key.process not in groups:
             title = "model and engine" if key.process else "audio devices and daemon"
@@ -76,26 +76,31 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _build_processor(args: argparse.Namespace) -> Any:
-    from . import engine
-
+def _options(args: argparse.Namespace) -> config.Settings:
+    """The settings given as flags, on the defaults (no config file); errors name the flags."""
     try:
-        s = config.from_options(_overrides(args))
-    except ConfigError as exc:  # the values came from flags: name the flags
+        return config.from_options(_overrides(args))
+    except ConfigError as exc:
         flags = {k.name: k.flag for k in config.schema() if k.flag}
         lines = []
         for line in str(exc).splitlines():
             key, _, rest = line.partition(": ")
             lines.append(f"{flags[key]} {rest}" if key in flags else line)
         raise UsageError("\n".join(lines)) from None
+
+
+def _build_processor(args: argparse.Namespace, s: config.Settings) -> Any:
+    from . import engine
+
     return engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads, args.fft)
 
 
 def _cmd_process(args: argparse.Namespace) -> int:
     from . import offline
 
+    settings = _options(args)
     opts = offline.FileOptions(channel=args.channel, ref=args.ref, ref_channel=args.ref_channel,
-                               subtype=args.subtype)
+                               subtype=args.subtype, ref_delay=settings.ref_delay)
     src: Path = args.input
     if not src.exists():
         raise offline.InputError(f"{src}: no such file or folder: check the input path")
@@ -103,7 +108,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
         raise UsageError("--ref is only used by --mode aec or aec+ns")
     if not src.is_dir():
         offline.output_format(args.output)  # before loading the models
-    processor = _build_processor(args)
+    processor = _build_processor(args, settings)
     if src.is_dir():
         return offline.process_tree(src, args.output, processor, opts, progress=not args.no_progress)
     if args.output.is_dir():
@@ -121,7 +126,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.blocks < 100:
         raise UsageError(f"--blocks {args.blocks}: use at least 100 for meaningful figures")
     return bench.run(args.model, args.model_dir, args.runtime, args.audio, args.ref, args.blocks,
-                     args.threads, args.fft, args.json)
+                     args.threads, args.fft, args.json, ref_delay=_options(args).ref_delay)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -263,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the input, delayed and attenuated)")
     p.add_argument("--blocks", type=int, default=3000, help="blocks timed per pair (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_settings(p, run=False, only=("ref_delay",))
     p.set_defaults(func=_cmd_bench)
 
     add_models_parser(sub)

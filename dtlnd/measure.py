@@ -153,8 +153,11 @@ class Snapshot:
         return (f"{mode} {model}: {self.mean_ms:.2f} ms/block, xruns {self.xruns}, misses {self.missed}, "
                 f"gaps {self.gaps}, errors {self.callback_errors}, resets {self.resets}, latency {latency}")
 
-    def summary(self, mode: str, model: str, more: Sequence[str] = ()) -> list[str]:
-        """The ``--measure`` summary lines; the last is ``result: OK`` or ``result: FAIL: <causes>``."""
+    def summary(self, mode: str, model: str, more: Sequence[str] = (), notes: Sequence[str] = ()) -> list[str]:
+        """The ``--measure`` summary lines; the last is ``result: OK`` or ``result: FAIL: <causes>``.
+
+        ``more``: the supervisor's own causes; ``notes``: lines other parts add (the alignment).
+        """
         causes = self.causes(more)
         timed = "" if self.timed >= self.blocks else f" (the last {self.timed})"
         return [
@@ -168,6 +171,7 @@ class Snapshot:
             f"  callback errors {self.callback_errors}; non-finite input samples {self.nonfinite}; "
             f"model state resets {self.resets}",
             f"  latency: {self.latency if self.latency is not None else 'no stream open at the end'}",
+            *(f"  {note}" for note in notes),
             "  result: " + ("FAIL: " + "; ".join(causes) if causes else "OK"),
         ]
 

@@ -144,7 +144,10 @@ class Daemon:
 
     @staticmethod
     def _load(s: Settings) -> engine.HopProcessor:
-        return engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads)
+        from .delayline import wrap  # reference alignment (aec, aec+ns): see dtlnd.align
+
+        return wrap(engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads),
+                    s.mode, s.ref_delay, s.ref_delay_max, s.ref_lead)
 
     def model_label(self) -> str:
         """The processor's own label once the engine gives one; else built from the settings."""
@@ -293,7 +296,10 @@ class Daemon:
         if self.measure:
             # Audio that stopped (or never started) in the run's last seconds: too short for a stall.
             more = [] if ended_in is State.FLOWING else [f"audio not flowing at the end ({ended_in.value})"]
-            for line in summary.summary(self.settings.mode, self.model_label(), more):
+            align_text, align = self._alignment()
+            notes = [f"alignment: {align_text}; estimator {align.get('cpu_per_s', 0.0):.4f} CPU s per audio s"
+                     ] if align_text else []
+            for line in summary.summary(self.settings.mode, self.model_label(), more, notes):
                 self.out(line)
             return 1 if summary.causes(more) else 0
         return 0
@@ -364,29 +370,32 @@ class Daemon:
         return measure.take(self.stats, seconds, since, p.latency() if p is not None else None,
                             int(getattr(self.processor, "nonfinite", 0)), int(getattr(self.processor, "resets", 0)))
 
-    def _extra(self) -> dict[str, Any]:
-        """Figures other parts add (the reference alignment), as they describe themselves."""
-        alignment = getattr(self.processor, "alignment", None)
-        if alignment is None:
-            return {}
-        describe = getattr(alignment, "describe", None)
-        return {"alignment": describe() if callable(describe) else alignment}
+    def _alignment(self) -> tuple[str, dict[str, Any]]:
+        """The reference alignment's own words and figures (aec modes), or ``("", {})``."""
+        a = getattr(self.processor, "alignment", None)
+        if a is None:
+            return "", {}
+        figures = {k: getattr(a, k, None) for k in ("state", "lag_ms", "applied_ms", "mic_delay_ms", "confidence",
+                                                     "cpu_per_s")}
+        text = a.describe() if callable(getattr(a, "describe", None)) else str(a)
+        return text, {"describe": text, **{k: v for k, v in figures.items() if v is not None}}
 
     def _report(self, snap: Snapshot) -> None:
-        extra = self._extra()
+        align_text, align = self._alignment()
+        extra = f" | {align_text}" if align_text else ""
         if self.pipeline is not None:
-            self.notify("STATUS=" + snap.status(self.settings.mode, self.model_label()))
+            self.notify("STATUS=" + snap.status(self.settings.mode, self.model_label()) + extra)
         if self.measure:
-            self.out(snap.line())
+            self.out(snap.line() + extra)
         if self.timeline is not None:
-            align = extra.get("alignment")
-            delay = align.get("delay_ms") if isinstance(align, dict) else None
+            delay = align.get("applied_ms")
             self.timeline.add(snap, float(delay) if isinstance(delay, (int, float)) else None)
         state = {"pid": os.getpid(), "updated": time.time(), "uptime_s": round(snap.seconds, 1),
                  "state": self.state.value, "mode": self.settings.mode, "model": self.model_label(),
                  "runtime": self.runtime_label(), "devices": self.pipeline.describe() if self.pipeline else None,
-                 **snap.as_dict(), "extra": extra, "cpu_percent": round(self._usage.cpu_percent(), 1),
-                 "rss_kib": self._usage.rss_kib(), "gc_max_ms": round(self.gc.max_ms, 3)}
+                 **snap.as_dict(), "extra": {"alignment": align} if align else {},
+                 "cpu_percent": round(self._usage.cpu_percent(), 1), "rss_kib": self._usage.rss_kib(),
+                 "gc_max_ms": round(self.gc.max_ms, 3)}
         why = self.state_file.write(state)
         if why is not None:
             log.warning("%s", why)

@@ -196,8 +196,8 @@ def render(st: dict[str, Any]) -> str:
         "latency: " + (f"{lat['total']:.1f} ms = {lat['algorithmic']:.1f} algorithmic + {lat['input']:.1f} input + "
                        f"{lat['buffer']:.1f} buffer + {lat['output']:.1f} output" if lat else "no stream open"),
     ]
-    for name, value in (st.get("extra") or {}).items():
-        lines.append(f"{name}: {value}")
+    for name, value in (st.get("extra") or {}).items():  # e.g. the reference alignment, in its own words
+        lines.append(f"{name}: {value.get('describe', value) if isinstance(value, dict) else value}")
     lines.append(f"process: CPU {st.get('cpu_percent', 0):.1f}%, RSS "
                  + (f"{rss / 1024:.1f} MiB" if rss is not None else "unknown") + " (without JACK's shared memory)")
     return "\n".join(lines)
