@@ -1,7 +1,8 @@
 """The ``dtlnd`` command line: parse, dispatch, turn errors into one line.
 
 Exit statuses: 0 success; 1 a check failed (``bench`` found nothing to run,
-``models verify`` found a bad file); 64 bad command line; 65 bad input file;
+``models verify`` found a bad file, ``status`` found a stale state file); 3
+``status``: no daemon running; 64 bad command line; 65 bad input file;
 69 audio device unavailable; 73 output not writable; 78 bad configuration
 or model; 130 interrupted.
 """
@@ -132,9 +133,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="settings file (default: /etc/dtlnd/dtlnd.yaml if it exists); options below override it")
     p.add_argument("--measure", action="store_true",
-                   help="print engine time, xruns, deadline misses and latency once a second, and a summary; "
-                        "exit 1 if any xrun, deadline miss or loss of audio occurred")
+                   help="print engine time, xruns, deadline misses, lost audio, errors and latency once a second, "
+                        "and a summary; exit 1 if any of them occurred")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+    p.add_argument("--plot", type=Path, metavar="FILE.png",
+                   help="with --measure: write a timeline of engine time, buffer, xruns, misses and lost audio "
+                        "when the run ends (needs the dtlnd[eval] extra)")
     _add_settings(p, run=True)
 
 
@@ -144,7 +148,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     if args.log_level and "log_level" not in overrides:  # dtlnd --log-level X run
         overrides["log_level"] = args.log_level
-    return service.run(args.config, overrides, args.measure, args.duration)
+    return service.run(args.config, overrides, args.measure, args.duration, args.plot)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from . import status
+
+    return status.command(args.json, args.watch)
 
 
 def _cmd_devices(args: argparse.Namespace) -> int:
@@ -201,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "from the config file; every option here overrides it.")
     _add_run_options(p)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("status", help="show the running daemon's live figures",
+                       description="Read the running daemon's state file (rewritten once a second) and show "
+                       "uptime, model, blocks, engine time, xruns, misses, gaps, resets, latency, CPU and RSS. "
+                       "Exit 0: running; 1: the file is stale (daemon gone or stuck); 3: not running.")
+    p.add_argument("--json", action="store_true", help="print the state as one JSON object")
+    p.add_argument("--watch", action="store_true", help="repeat every second until interrupted")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("devices", help="list audio devices, their channels and whether they open at 16 kHz",
                        description="List the devices PortAudio sees, with channel counts and whether each "
