@@ -2,7 +2,7 @@
 
 Exit statuses: 0 success; 1 a check failed (``bench`` found nothing to run,
 ``models verify`` found a bad file); 64 bad command line; 65 bad input file;
-69 audio device unavailable; 73 output not writable; 78 bad configuration
+69 audio device or optional extra unavailable; 73 output not writable; 78 bad configuration
 or model; 130 interrupted.
 """
 
@@ -229,9 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_bench)
 
-    from . import modelstore
+    from . import evaluate, modelstore
 
     modelstore.add_parser(sub)
+    evaluate.add_parser(sub)
     return parser
 
 

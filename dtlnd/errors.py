@@ -47,3 +47,9 @@ class ConfigError(DtlndError):
 
 class ModelError(ConfigError):
     """A model pair that is missing, corrupt or unfit for the asked mode."""
+
+
+class ExtraMissingError(DtlndError):
+    """An optional dependency group (``pip install 'dtlnd[NAME]'``) that is not installed."""
+
+    exit_status = 69  # EX_UNAVAILABLE
