@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from audio_util import read
 
 from dtlnd import metrics as M
-
-from audio_util import read
 
 FAR_MIC = "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk_mic.wav"
 FAR_LPB = "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk_lpb.wav"
