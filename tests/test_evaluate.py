@@ -22,6 +22,7 @@ import pytest
 import soundfile as sf
 import soxr
 from audio_util import dtlnd, read
+from extra_util import eval_extra  # noqa: F401 (the fixture below)
 
 from dtlnd import engine
 from dtlnd.evaluate import EXTRA_MODULES, table
@@ -69,6 +70,7 @@ def close(a: dict, b: dict, tol: float = 0.05) -> None:
         assert abs(a[k] - b[k]) <= tol, (k, a[k], b[k])
 
 
+@pytest.mark.usefixtures("eval_extra")
 def test_dnsmos_agrees_with_speechmos_on_process_output(audio_dir, processed):
     from speechmos import dnsmos
 
@@ -84,6 +86,7 @@ def test_dnsmos_agrees_with_speechmos_on_process_output(audio_dir, processed):
 
 @pytest.mark.parametrize(("mic", "lpb", "out", "talk"), [(FAR_MIC, FAR_LPB, "far.wav", "st"),
                                                          (NEAR_MIC, NEAR_LPB, "near.wav", "nst")])
+@pytest.mark.usefixtures("eval_extra")
 def test_aecmos_agrees_with_speechmos_on_process_output(audio_dir, processed, mic, lpb, out, talk):
     from speechmos import aecmos, dnsmos
 
@@ -115,6 +118,7 @@ def mix(tmp_path_factory, audio_dir):
     return d, speech
 
 
+@pytest.mark.usefixtures("eval_extra")
 def test_synthetic_mix_with_clean_gains_si_sdr_and_pesq(mix):
     d, _ = mix
     r = ok("evaluate", d / "noisy.wav", "--clean", d / "clean.wav", "--json")
@@ -127,6 +131,7 @@ def test_synthetic_mix_with_clean_gains_si_sdr_and_pesq(mix):
     assert "cross-correlation" not in r.stderr  # already aligned: nothing said
 
 
+@pytest.mark.usefixtures("eval_extra")
 def test_misaligned_clean_is_aligned_and_says_so(mix):
     d, speech = mix
     shifted = np.concatenate([np.zeros(600, np.float32), speech])[:-200]  # 600 late, 400 samples longer
@@ -137,6 +142,7 @@ def test_misaligned_clean_is_aligned_and_says_so(mix):
     assert row["input"]["si_sdr_db"] == pytest.approx(5.0, abs=0.2)
 
 
+@pytest.mark.usefixtures("eval_extra")
 def test_unrelated_or_wrong_length_clean_is_one_line(mix, audio_dir, tmp_path):
     d, speech = mix
     line = fails(65, "evaluate", d / "noisy.wav", "--clean", audio_dir / AIRCON)
@@ -146,6 +152,7 @@ def test_unrelated_or_wrong_length_clean_is_one_line(mix, audio_dir, tmp_path):
     assert "more than 10 % apart" in line
 
 
+@pytest.mark.usefixtures("eval_extra")
 def test_comparison_table_folder_means_and_a_48k_file(tmp_path, audio_dir):
     """A folder of a 16 kHz clip and the same clip at 48 kHz: resampled as process does, same scores."""
     x = read(audio_dir / AIRCON)[: 4 * 16000]  # DNSMOS repeats it to 9 s: the cost of a short clip
@@ -170,6 +177,7 @@ def test_comparison_table_folder_means_and_a_48k_file(tmp_path, audio_dir):
     assert cells[9] == ["dtln_ns_quant", *mean_quant]
 
 
+@pytest.mark.usefixtures("eval_extra")
 def test_plot_is_written_whole(tmp_path, audio_dir):
     (tmp_path / "in").mkdir()
     for name in (FAR_MIC, FAR_LPB):
@@ -186,6 +194,7 @@ def test_plot_is_written_whole(tmp_path, audio_dir):
     assert w > 800 and h > 800  # 5 panels: input, reference, output, levels
 
 
+@pytest.mark.usefixtures("eval_extra")
 def test_plot_path_not_writable_is_73_before_any_work(tmp_path, audio_dir):
     (tmp_path / "file").write_text("x")
     for bad in (tmp_path / "file" / "x.png", tmp_path / "no" / "such" / "x.png", tmp_path):
@@ -195,6 +204,7 @@ def test_plot_path_not_writable_is_73_before_any_work(tmp_path, audio_dir):
     assert sorted(os.listdir(tmp_path)) == ["file"]
 
 
+@pytest.mark.usefixtures("eval_extra")
 def test_bad_usage_is_one_line(audio_dir, tmp_path):
     assert "no such file" in fails(65, "evaluate", tmp_path / "missing.wav")
     assert "--talk is only used" in fails(64, "evaluate", audio_dir / AIRCON, "--talk", "st")
@@ -202,6 +212,7 @@ def test_bad_usage_is_one_line(audio_dir, tmp_path):
     assert "folder" in fails(64, "evaluate", audio_dir, "--plot", tmp_path / "x.png")
 
 
+@pytest.mark.usefixtures("eval_extra")
 def test_max_suppression(audio_dir):
     """With the engine's limit (issue 8 item 3): ERLE on far-end single talk is the limit; without: one line."""
     args = ("evaluate", audio_dir / FAR_MIC, "--ref", audio_dir / FAR_LPB, "--mode", "aec", "--json",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from audio_util import read
+from extra_util import eval_extra  # noqa: F401 (the fixture below)
 
 from dtlnd import metrics as M
 
@@ -139,6 +140,7 @@ def test_best_lag_finds_a_shift_and_rejects_a_stranger():
     assert peak < 0.1
 
 
+@pytest.mark.usefixtures("eval_extra")
 def test_pesq_and_stoi_of_speech_against_itself_and_under_noise(pairs):
     clean = pairs["near"][0][: 5 * 16000]
     assert M.pesq_wb(clean, clean) == pytest.approx(4.64, abs=0.01)  # the top of the P.862.2 mapping
@@ -148,10 +150,12 @@ def test_pesq_and_stoi_of_speech_against_itself_and_under_noise(pairs):
     assert 0.5 < M.stoi(clean, noisy) < 0.99
 
 
+@pytest.mark.usefixtures("eval_extra")
 def test_pesq_of_a_silent_reference_is_none():
     assert M.pesq_wb(np.zeros(3 * 16000, np.float32), noise(3 * 16000)) is None
 
 
+@pytest.mark.usefixtures("eval_extra")
 def test_dnsmos_hears_the_noise(pairs):
     speech = pairs["near"][0]
     quiet, noisy = M.dnsmos(speech), M.dnsmos(speech + noise(len(speech), -25))
@@ -160,6 +164,7 @@ def test_dnsmos_hears_the_noise(pairs):
     assert quiet["dnsmos_bak"] - noisy["dnsmos_bak"] > 1.0
 
 
+@pytest.mark.usefixtures("eval_extra")
 def test_aecmos_hears_the_echo(pairs):
     mic, far = pairs["far"]
     with_echo = M.aecmos(far, mic, mic, "st")
