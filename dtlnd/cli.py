@@ -13,10 +13,11 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn, Optional, Sequence
+from typing import Any, ClassVar, NoReturn, Optional, Sequence
 
-from . import __version__
-from .errors import DtlndError, UsageError
+from . import __version__, config
+from .constants import FFT_BACKENDS, LOG_LEVELS, RUNTIMES
+from .errors import ConfigError, DtlndError, UsageError
 
 log = logging.getLogger("dtlnd")
 
@@ -28,36 +29,64 @@ class _Parser(argparse.ArgumentParser):
         self.exit(UsageError.exit_status, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _add_model_options(p: argparse.ArgumentParser, run: bool = False) -> None:
-    """Model options; for ``run`` they default to None so the config file's values stand."""
-    g = p.add_argument_group("model")
-    g.add_argument("--mode", choices=["ns", "aec", "aec+ns"], default=None if run else "ns",
-                   help="ns: noise suppression; aec: echo cancellation with a far-end reference; "
-                        "aec+ns: both, in that order (default: ns)")
-    g.add_argument("--model", metavar="NAME",
-                   help="model pair NAME (files NAME_1.tflite, NAME_2.tflite); default dtln_ns_quant "
-                        "for ns, dtln_aec_128_quant for aec and aec+ns")
-    g.add_argument("--ns-model", metavar="NAME", help="the noise-suppression pair of aec+ns (default dtln_ns_quant)")
-    g.add_argument("--model-dir", type=Path, metavar="DIR",
-                   help="folder holding the model files (default: $DTLND_MODEL_DIR, else "
-                        "~/.local/share/dtlnd/models, then /var/lib/dtlnd/models)")
-    g.add_argument("--runtime", default=None if run else "auto",
-                   choices=["auto", "ai-edge-litert", "tflite-runtime", "tensorflow"],
-                   help="TF-Lite runtime (default: auto = the first that imports, in this order)")
-    g.add_argument("--threads", type=int, default=None if run else 1, metavar="N",
-                   help="interpreter threads per model (default: 1)")
-    if not run:
-        g.add_argument("--fft", default="auto", choices=["auto", "pyfftw", "numpy"],
-                       help="FFT backend (default: pyfftw when installed)")
+def _flag_type(key: config.Key) -> Any:
+    base = key.base
+    if base == {int}:
+        return int
+    if base == {float}:
+        return float
+    if base == {Path}:
+        return Path
+    return str
 
 
-def _build_processor(args: argparse.Namespace):
+def _add_settings(p: argparse.ArgumentParser, *, run: bool) -> None:
+    """The settings' own flags (`dtlnd.config`): all of them on ``run``, the engine's elsewhere.
+
+    On ``run`` they default to None, so the config file's values stand
+    unless a flag is given; elsewhere the setting's default is the flag's.
+    """
+    groups: dict[bool, Any] = {}
+    for key in config.schema():
+        if not key.flag or not (run or key.process):
+            continue
+        if key.process not in groups:
+            title = "model and engine" if key.process else "audio devices and daemon"
+            groups[key.process] = p.add_argument_group(title)
+        choices = key.choices if key.base == {str} else None
+        shown = "" if key.default is None else f" (default: {key.default})"  # the doc says what empty means
+        groups[key.process].add_argument(
+            key.flag, dest=_dest(key), type=_flag_type(key), choices=choices, metavar=key.metavar,
+            default=None if run else key.default, help=key.doc + shown)
+
+
+def _dest(key: config.Key) -> str:
+    return "set__" + key.name.replace(".", "__")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line, as dotted keys."""
+    out: dict[str, Any] = {}
+    for key in config.schema():
+        value = getattr(args, _dest(key), None)
+        if value is not None:
+            out[key.name] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def _build_processor(args: argparse.Namespace) -> Any:
     from . import engine
 
-    if args.threads < 1:
-        raise UsageError(f"--threads {args.threads}: must be 1 or more")
-    return engine.build(args.mode, args.model, args.ns_model, args.model_dir, args.runtime,
-                        args.threads, args.fft)
+    try:
+        s = config.from_options(_overrides(args))
+    except ConfigError as exc:  # the values came from flags: name the flags
+        flags = {k.name: k.flag for k in config.schema() if k.flag}
+        lines = []
+        for line in str(exc).splitlines():
+            key, _, rest = line.partition(": ")
+            lines.append(f"{flags[key]} {rest}" if key in flags else line)
+        raise UsageError("\n".join(lines)) from None
+    return engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads, args.fft)
 
 
 def _cmd_process(args: argparse.Namespace) -> int:
@@ -68,7 +97,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
     src: Path = args.input
     if not src.exists():
         raise offline.InputError(f"{src}: no such file or folder: check the input path")
-    if args.ref is not None and args.mode == "ns":
+    if args.ref is not None and args.set__mode == "ns":
         raise UsageError("--ref is only used by --mode aec or aec+ns")
     processor = _build_processor(args)
     if src.is_dir():
@@ -95,54 +124,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="print engine time, xruns, deadline misses and latency once a second, and a summary; "
                         "exit 1 if any xrun, deadline miss or loss of audio occurred")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
-    p.add_argument("--log-level", dest="run_log_level", choices=["debug", "info", "warning", "error"],
-                   help="what to log (default: info, or log_level from the config file)")
-    _add_model_options(p, run=True)
-    g = p.add_argument_group("audio devices")
-    g.add_argument("--input", metavar="DEV", help="capture device: index, name, or ALSA name such as hw:1,0 "
-                   "(default: default)")
-    g.add_argument("--input-channels", type=int, metavar="N",
-                   help="channels to capture (default: 1 for ns, 2 for aec)")
-    g.add_argument("--channel", type=int, metavar="N", help="microphone channel (default: 0)")
-    g.add_argument("--ref-channel", type=int, metavar="N", help="far-end reference channel (default: the last)")
-    g.add_argument("--input-rate", type=int, metavar="HZ", help="capture rate (default: 16000 if possible, "
-                   "else the device's own, resampled)")
-    g.add_argument("--output", metavar="DEV", help="playback device (default: hw:Loopback,0)")
-    g.add_argument("--output-channels", type=int, metavar="N", help="playback channels (default: 1)")
-    g.add_argument("--output-format", choices=["S16_LE", "S32_LE", "FLOAT_LE"],
-                   help="playback sample format (default: S16_LE)")
-    g.add_argument("--output-rate", type=int, metavar="HZ", help="playback rate (default: 16000 if possible)")
-    g.add_argument("--latency", metavar="low|high|SECONDS", help="PortAudio latency per stream (default: 0.008)")
-    g.add_argument("--buffer-blocks", type=int, metavar="N",
-                   help="8 ms blocks buffered between input and output clocks (default: 2)")
-    g.add_argument("--rt-priority", type=int, metavar="N", help="SCHED_FIFO priority for the audio threads, "
-                   "0 for none (default: 20)")
-
-
-_RUN_OVERRIDES = {
-    "mode": "mode", "model": "model", "ns_model": "ns_model", "model_dir": "model_dir", "runtime": "runtime",
-    "threads": "threads", "input": "input.device", "input_channels": "input.channels", "channel": "input.channel",
-    "ref_channel": "input.ref_channel", "input_rate": "input.rate", "output": "output.device",
-    "output_channels": "output.channels", "output_format": "output.format", "output_rate": "output.rate",
-    "latency": "latency", "buffer_blocks": "buffer_blocks", "rt_priority": "rt_priority", "run_log_level": "log_level",
-}
-
-
-def _overrides(args: argparse.Namespace) -> dict:
-    out = {}
-    for attr, key in _RUN_OVERRIDES.items():
-        value = getattr(args, attr, None)
-        if value is None:
-            continue
-        out[key] = str(value) if isinstance(value, Path) else value
-    return out
+    _add_settings(p, run=True)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from . import service
 
     overrides = _overrides(args)
-    if args.log_level and "log_level" not in overrides:
+    if args.log_level and "log_level" not in overrides:  # dtlnd --log-level X run
         overrides["log_level"] = args.log_level
     return service.run(args.config, overrides, args.measure, args.duration)
 
@@ -169,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dtlnd", description="Real-time DTLN noise suppression and echo cancellation "
                      "for embedded Linux.")
     parser.add_argument("--version", action="version", version=f"dtlnd {__version__}")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+    parser.add_argument("--log-level", choices=LOG_LEVELS,
                         help="what to log (default: info, or log_level from the config file)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -200,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ".wav below it is processed into the same tree under OUT.")
     p.add_argument("input", type=Path, metavar="IN", help="input WAV file, or a folder of them")
     p.add_argument("output", type=Path, metavar="OUT", help="output WAV file, or folder when IN is one")
-    _add_model_options(p)
+    _add_settings(p, run=False)
+    p.add_argument("--fft", default="auto", choices=FFT_BACKENDS, help="FFT backend (default: pyfftw when installed)")
     p.add_argument("--ref", type=Path, metavar="REF.wav",
                    help="far-end reference for aec (default: a channel of IN, see --ref-channel)")
     p.add_argument("--channel", type=int, default=0, metavar="N", help="microphone channel of IN (default: 0)")
@@ -218,10 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", metavar="NAME",
                    help="pair to time (repeatable; default: every pair found)")
     p.add_argument("--model-dir", type=Path, metavar="DIR", help="folder holding the model files")
-    p.add_argument("--runtime", action="append", choices=["ai-edge-litert", "tflite-runtime", "tensorflow"],
+    p.add_argument("--runtime", action="append", choices=RUNTIMES[1:],
                    help="runtime to time (repeatable; default: every one installed)")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="interpreter threads (default: 1)")
-    p.add_argument("--fft", default="auto", choices=["auto", "pyfftw", "numpy"], help="FFT backend")
+    p.add_argument("--fft", default="auto", choices=FFT_BACKENDS, help="FFT backend")
     p.add_argument("--audio", type=Path, metavar="WAV", help="input audio (default: synthetic noise)")
     p.add_argument("--ref", type=Path, metavar="WAV", help="far-end audio for AEC pairs "
                    "(default: the input, delayed and attenuated)")
@@ -239,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 class _JournalFormatter(logging.Formatter):
     """``<N>message``: journald reads the priority from the prefix."""
 
-    PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+    PRIORITY: ClassVar[dict[str, int]] = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
     def format(self, record: logging.LogRecord) -> str:
         return f"<{self.PRIORITY.get(record.levelname, 6)}>{record.getMessage()}"
@@ -265,7 +255,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DtlndError as exc:
-        print(f"dtlnd: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"dtlnd: error: {line}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         return 130
