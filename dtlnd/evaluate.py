@@ -10,11 +10,13 @@ packages are the ``eval`` extra; they are imported only here and only after
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import inspect
 import json
 import logging
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -22,7 +24,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import metrics, offline
-from .constants import DEFAULT_MODELS, FFT_BACKENDS, MODES, RATE, RUNTIMES
+from .constants import DEFAULT_MODELS, FFT_BACKENDS, RATE
 from .errors import DtlndError, ExtraMissingError, InputError, UsageError
 
 log = logging.getLogger("dtlnd")
@@ -132,42 +134,68 @@ def score(rec: Recording, x: np.ndarray, is_output: bool) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in s.items()}
 
 
-def build_engines(args: argparse.Namespace) -> list[Engine]:
-    """One processor per --model, each built as ``process`` builds it."""
-    from . import engine
+def _max_suppression(args: argparse.Namespace) -> Optional[float]:
+    """The --max-suppression value, from the settings' flag when the config schema has it, else ours."""
+    return getattr(args, "set__max_suppression", None) or getattr(args, "max_suppression", None)
 
-    if args.threads < 1:
-        raise UsageError(f"--threads {args.threads}: must be 1 or more")
-    extra: dict[str, Any] = {}
-    if args.max_suppression is not None:
-        if "max_suppression" not in inspect.signature(engine.build).parameters:
-            raise UsageError("--max-suppression: this build's engine has no suppression limit yet "
-                             "(issue 8 item 3): run without it")
-        extra["max_suppression"] = args.max_suppression
+
+def build_engines(args: argparse.Namespace) -> list[Engine]:
+    """One processor per --model, each built by the function ``process`` builds its own with."""
+    from . import engine
+    from .cli import _build_processor
+
+    limit = _max_suppression(args)
+    own_limit = getattr(args, "max_suppression", None) is not None  # ours, not the schema's
+    if own_limit and "max_suppression" not in inspect.signature(engine.build).parameters:
+        raise UsageError("--max-suppression: this build's engine has no suppression limit yet "
+                         "(issue 8 item 3): run without it")
+    mode, ns_model = args.set__mode, args.set__ns_model
     engines = []
-    for name in args.model or [None]:
-        proc = engine.build(args.mode, name, args.ns_model, args.model_dir, args.runtime, args.threads,
-                            args.fft, **extra)
-        first = name or DEFAULT_MODELS["ns" if args.mode == "ns" else "aec"]
-        label = first if args.mode != "aec+ns" else f"{first}+{args.ns_model or DEFAULT_MODELS['ns']}"
-        if args.max_suppression is not None:
-            label += f" (max {args.max_suppression:g} dB)"
+    for name in args.models or [None]:
+        args.set__model = name
+        if own_limit:
+            s = args.set__mode, name, ns_model, args.set__model_dir, args.set__runtime, args.set__threads
+            build: Any = engine.build  # the keyword exists once the engine branch is merged (checked above)
+            proc = build(*s, args.fft, max_suppression=limit)
+        else:
+            proc = _build_processor(args)
+        first = name or DEFAULT_MODELS["ns" if mode == "ns" else "aec"]
+        label = first if mode != "aec+ns" else f"{first}+{ns_model or DEFAULT_MODELS['ns']}"
+        if limit is not None:
+            label += f" (max {limit:g} dB)"
         engines.append(Engine(label, proc))
     return engines
+
+
+def enhance_like_process(src: Path, proc: Any, opts: offline.FileOptions, tmp: Path) -> np.ndarray:
+    """The output ``dtlnd process`` writes for ``src``, as float32 (written to ``tmp`` and read back).
+
+    Going through `offline.process_file` itself keeps evaluate on exactly
+    the path of process, whatever that path does (reference alignment,
+    resampling, the suppression limit).
+    """
+    import soundfile as sf
+
+    out = tmp / "out.wav"
+    offline.process_file(src, out, proc, dataclasses.replace(opts, subtype="FLOAT"))
+    y, _ = sf.read(str(out), dtype="float32")
+    out.unlink()
+    return y
 
 
 def evaluate_file(src: Path, engines: list[Engine], args: argparse.Namespace, opts: offline.FileOptions,
                   clean: Optional[Path]) -> list[dict[str, Any]]:
     """Rows (the JSON objects) for one file: its input scores and each engine's output scores."""
-    from .engine import BlockStream
-
     rec = load(src, opts, engines[0].processor.channels == 2, clean, args.talk)
     inp = score(rec, rec.mic, is_output=False)
     rows = []
     for eng in engines:
-        y = offline.enhance(BlockStream(eng.processor), rec.mic, rec.far)
+        with tempfile.TemporaryDirectory(prefix="dtlnd-evaluate-") as tmp:
+            y = enhance_like_process(src, eng.processor, opts, Path(tmp))
+        if len(y) != len(rec.mic):
+            raise InputError(f"{src.name}: process wrote {len(y)} samples for {len(rec.mic)} input samples")
         rec.outputs[eng.label] = y
-        row: dict[str, Any] = {"file": str(src), "model": eng.label, "mode": args.mode}
+        row: dict[str, Any] = {"file": str(src), "model": eng.label, "mode": args.set__mode}
         if rec.talk is not None:
             row["talk"] = rec.talk
         row["input"] = inp
@@ -240,10 +268,11 @@ def run(args: argparse.Namespace) -> int:
         from . import plots
 
         plots.check_writable(args.plot)
-    if args.mode == "ns" and (args.ref is not None or args.talk != "auto"):
+    if args.set__mode == "ns" and (args.ref is not None or args.talk != "auto"):
         raise UsageError(f"{'--ref' if args.ref is not None else '--talk'} is only used by --mode aec or aec+ns")
-    if args.max_suppression is not None and not 0 < args.max_suppression <= 100:
-        raise UsageError(f"--max-suppression {args.max_suppression:g}: must be above 0 and at most 100 dB")
+    own = getattr(args, "max_suppression", None)
+    if own is not None and not 0 < own <= 100:
+        raise UsageError(f"--max-suppression {own:g}: must be above 0 and at most 100 dB")
     pairs = _inputs(args)
     engines = build_engines(args)
     opts = offline.FileOptions(channel=args.channel, ref=args.ref, ref_channel=args.ref_channel)
@@ -274,32 +303,33 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    """The ``evaluate`` subcommand (its options mirror ``process``)."""
+    """The ``evaluate`` subcommand: the engine settings' flags exactly as ``process`` has them, --model repeatable."""
+    from . import config
+    from .cli import _add_settings
+
     p = sub.add_parser("evaluate", help="score the enhancement: DNSMOS, AECMOS, ERLE, SI-SDR, PESQ, STOI",
                        description="Process IN through the same engine as 'process' and score the input and "
                        "each model's output side by side: DNSMOS P.835 always; AECMOS and ERLE for echo "
-                       "cancellation; SI-SDR, PESQ-WB and STOI against --clean. Needs pip install 'dtlnd[eval]'.")
+                       "cancellation; SI-SDR, PESQ-WB and STOI against --clean. Needs pip install 'dtlnd[eval]'.",
+                       conflict_handler="resolve")
     p.add_argument("input", type=Path, metavar="IN", help="input WAV file, or a folder of them")
+    _add_settings(p, run=False)
+    p.add_argument("--model", action="append", dest="models", metavar="NAME",  # replaces the settings' --model
+                   help="pair to evaluate; repeat for a comparison table (default: the mode's default pair)")
+    p.add_argument("--fft", default="auto", choices=FFT_BACKENDS, help="FFT backend (default: pyfftw when installed)")
     p.add_argument("--ref", type=Path, metavar="REF.wav", help="far-end reference for aec (default: a channel of IN)")
     p.add_argument("--clean", type=Path, metavar="CLEAN.wav",
                    help="the clean near-end speech of IN (a folder of the same tree when IN is a folder); "
                         "aligned to IN by cross-correlation")
-    p.add_argument("--mode", choices=MODES, default="ns", help="ns, aec or aec+ns (default: ns)")
-    p.add_argument("--model", action="append", metavar="NAME",
-                   help="pair to evaluate; repeat for a comparison table (default: the mode's default pair)")
-    p.add_argument("--ns-model", metavar="NAME", help="the noise-suppression pair of aec+ns (default dtln_ns_quant)")
-    p.add_argument("--model-dir", type=Path, metavar="DIR", help="folder holding the model files")
-    p.add_argument("--runtime", default="auto", choices=RUNTIMES, help="TF-Lite runtime (default: auto)")
-    p.add_argument("--threads", type=int, default=1, metavar="N", help="interpreter threads per model (default: 1)")
-    p.add_argument("--fft", default="auto", choices=FFT_BACKENDS, help="FFT backend (default: auto)")
     p.add_argument("--channel", type=int, default=0, metavar="N", help="microphone channel of IN (default: 0)")
     p.add_argument("--ref-channel", type=int, metavar="N",
                    help="reference channel of IN or REF.wav (default: the last)")
     p.add_argument("--talk", choices=["auto", *metrics.TALK_TYPES], default="auto",
                    help="AECMOS talk type: st far-end single talk, nst near-end single talk, dt double talk; "
                         "auto: detected from the levels (default)")
-    p.add_argument("--max-suppression", type=float, metavar="DB",
-                   help="mix the input back in so the output is never more than DB below it (default: none)")
+    if not any(k.flag == "--max-suppression" and k.process for k in config.schema()):  # until the engine has it
+        p.add_argument("--max-suppression", type=float, metavar="DB",
+                       help="mix the input back in so the output is never more than DB below it (default: none)")
     p.add_argument("--json", action="store_true", help="one JSON object per line per (file, model) instead of a table")
     p.add_argument("--plot", type=Path, metavar="FILE.png",
                    help="write spectrograms of input, reference and output(s) and their levels (one file IN)")
