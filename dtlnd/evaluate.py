@@ -34,6 +34,8 @@ EXTRA_MODULES = {"speechmos": "speechmos", "onnxruntime": "onnxruntime", "libros
                  "requests": "requests", "pesq": "pesq", "pystoi": "pystoi", "matplotlib": "matplotlib"}
 #: A --clean file must correlate at least this well with IN (after alignment) to be its clean version.
 CLEAN_MIN_CORRELATION = 0.3
+#: The shortest input evaluate scores, s.
+MIN_SECONDS = 1
 #: How far --clean may be shifted against IN, s.
 CLEAN_MAX_LAG_S = 1.0
 #: Metric keys in table order, with their column headings and number formats.
@@ -104,6 +106,11 @@ def load(src: Path, opts: offline.FileOptions, need_far: bool, clean: Optional[P
          talk: str) -> Recording:
     """Read ``src`` (and its clean version) the way ``process`` reads its input."""
     mic, far, _ = offline.load_signals(src, opts, need_far)
+    if len(mic) < MIN_SECONDS * RATE:
+        raise InputError(f"{src}: {len(mic) / RATE:.2f} s of audio: evaluate needs at least {MIN_SECONDS} s "
+                         "(the MOS models score whole seconds)")
+    if not np.any(mic):
+        raise InputError(f"{src}: the microphone signal is digital silence: nothing to score")
     clean_sig = None
     if clean is not None:
         if not clean.is_file():

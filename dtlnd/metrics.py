@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from .constants import RATE
+from .errors import InputError
 
 log = logging.getLogger("dtlnd")
 
@@ -37,7 +38,7 @@ LEVEL_FLOOR_DBFS = -120.0
 TALK_TYPES = ("nst", "st", "dt")
 
 
-class MetricError(ValueError):
+class MetricError(InputError):
     """Signals a metric cannot score (too short, silent, mismatched)."""
 
 
@@ -211,13 +212,13 @@ def aecmos(far: np.ndarray, mic: np.ndarray, enh: np.ndarray, talk: str) -> dict
 
 def pesq_wb(clean: np.ndarray, x: np.ndarray) -> Optional[float]:
     """PESQ wide-band (ITU-T P.862.2, MOS-LQO), or None when PESQ finds no speech in ``clean``."""
-    from pesq import NoUtterancesError, pesq
+    from pesq import PesqError, pesq
 
     n = min(len(clean), len(x))
     try:
         return float(pesq(RATE, clean[:n].astype(np.float32), x[:n].astype(np.float32), "wb"))
-    except NoUtterancesError:
-        log.warning("PESQ found no speech in the clean reference: no PESQ score")
+    except PesqError as exc:  # no utterances, or too short
+        log.warning("no PESQ score: %s", exc)
         return None
 
 

@@ -210,6 +210,10 @@ def test_bad_usage_is_one_line(audio_dir, tmp_path):
     assert "--talk is only used" in fails(64, "evaluate", audio_dir / AIRCON, "--talk", "st")
     assert "--ref is only used" in fails(64, "evaluate", audio_dir / AIRCON, "--ref", audio_dir / FAR_LPB)
     assert "folder" in fails(64, "evaluate", audio_dir, "--plot", tmp_path / "x.png")
+    sf.write(tmp_path / "short.wav", read(audio_dir / AIRCON)[:8000], 16000)
+    assert "0.50 s of audio: evaluate needs at least 1 s" in fails(65, "evaluate", tmp_path / "short.wav")
+    sf.write(tmp_path / "silent.wav", np.zeros(32000, np.float32), 16000)
+    assert "digital silence" in fails(65, "evaluate", tmp_path / "silent.wav")
 
 
 @pytest.mark.usefixtures("eval_extra")
