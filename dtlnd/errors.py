@@ -49,7 +49,7 @@ class ModelError(ConfigError):
     """A model pair that is missing, corrupt or unfit for the asked mode."""
 
 
-class ExtraMissingError(DtlndError):
-    """An optional dependency group (``pip install 'dtlnd[NAME]'``) that is not installed."""
+class ExtraMissing(DtlndError):
+    """An optional feature whose extra (e.g. ``dtlnd[eval]``) is not installed."""
 
     exit_status = 69  # EX_UNAVAILABLE

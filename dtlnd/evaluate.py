@@ -25,7 +25,7 @@ import numpy as np
 
 from . import metrics, offline
 from .constants import DEFAULT_MODELS, FFT_BACKENDS, RATE
-from .errors import DtlndError, ExtraMissingError, InputError, UsageError
+from .errors import DtlndError, ExtraMissing, InputError, UsageError
 
 log = logging.getLogger("dtlnd")
 
@@ -49,7 +49,7 @@ def require_extra() -> None:
     """Exit 69 with one line when a package of the ``eval`` extra is missing."""
     missing = [dist for mod, dist in EXTRA_MODULES.items() if importlib.util.find_spec(mod) is None]
     if missing:
-        raise ExtraMissingError(f"dtlnd evaluate needs the 'eval' extra ({', '.join(missing)} not installed): "
+        raise ExtraMissing(f"dtlnd evaluate needs the 'eval' extra ({', '.join(missing)} not installed): "
                                 "pip install 'dtlnd[eval]'")
 
 
