@@ -149,7 +149,7 @@ def _max_suppression(args: argparse.Namespace) -> Optional[float]:
 def build_engines(args: argparse.Namespace) -> list[Engine]:
     """One processor per --model, each built by the function ``process`` builds its own with."""
     from . import engine
-    from .cli import _build_processor
+    from .cli import _build_processor, _options
 
     limit = _max_suppression(args)
     own_limit = getattr(args, "max_suppression", None) is not None  # ours, not the schema's
@@ -165,7 +165,7 @@ def build_engines(args: argparse.Namespace) -> list[Engine]:
             build: Any = engine.build  # the keyword exists once the engine branch is merged (checked above)
             proc = build(*s, args.fft, max_suppression=limit)
         else:
-            proc = _build_processor(args)
+            proc = _build_processor(args, _options(args))
         first = name or DEFAULT_MODELS["ns" if mode == "ns" else "aec"]
         label = first if mode != "aec+ns" else f"{first}+{ns_model or DEFAULT_MODELS['ns']}"
         if limit is not None:
@@ -282,7 +282,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-suppression {own:g}: must be above 0 and at most 100 dB")
     pairs = _inputs(args)
     engines = build_engines(args)
-    opts = offline.FileOptions(channel=args.channel, ref=args.ref, ref_channel=args.ref_channel)
+    from .cli import _options
+
+    settings = _options(args)  # the same settings, from the same flags, as process
+    opts = offline.FileOptions(channel=args.channel, ref=args.ref, ref_channel=args.ref_channel,
+                               ref_delay=settings.ref_delay)
     from tqdm import tqdm
 
     rows: list[dict[str, Any]] = []

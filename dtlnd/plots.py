@@ -9,12 +9,12 @@ leaves a half-written picture.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
+from .atomic import atomic_write
 from .constants import BLOCK, RATE, SHIFT
 from .errors import OutputError
 
@@ -80,26 +80,12 @@ def levels_dbfs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def save_png(fig: Any, path: Path) -> None:
-    """Render ``fig`` to ``path`` atomically (a temporary beside it, then rename)."""
+    """Render ``fig`` to ``path`` through `dtlnd.atomic` (never a half-written PNG)."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.",
-                                   suffix=".part")
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write there ({exc.strerror}): choose another place") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            mask = os.umask(0o022)
-            os.umask(mask)
-            os.fchmod(fh.fileno(), 0o666 & ~mask)
+        with atomic_write(path) as fh:
             fig.savefig(fh, format="png", dpi=110)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise OutputError(f"{path}: cannot write ({exc.strerror}): check free space and permissions") from None
-        raise
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror}): check free space and permissions") from None
 
 
 def save_evaluation(path: Path, name: str, mic: np.ndarray, far: Optional[np.ndarray],

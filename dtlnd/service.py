@@ -11,7 +11,6 @@ reports.  Signal handlers only set flags.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
@@ -24,29 +23,13 @@ from .audio import AudioPipeline
 from .config import Settings
 from .errors import ConfigError, DeviceError, DtlndError
 from .measure import BlockStats, Snapshot, summarize
+from .notify import Notifier
 
 log = logging.getLogger("dtlnd")
 
 TICK = 0.05  # supervisor period, seconds
 STALL = 1.5  # seconds without callbacks before a stream counts as dead
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
-
-
-class Notifier:
-    """sd_notify over $NOTIFY_SOCKET; silent when not run by systemd."""
-
-    def __init__(self) -> None:
-        self._n = None
-        if os.environ.get("NOTIFY_SOCKET"):
-            import sdnotify
-
-            self._n = sdnotify.SystemdNotifier()
-        usec = os.environ.get("WATCHDOG_USEC")
-        self.watchdog_interval = int(usec) / 2e6 if usec and usec.isdigit() else 1.0
-
-    def __call__(self, message: str) -> None:
-        if self._n is not None:
-            self._n.notify(message)
 
 
 class Daemon:
@@ -73,7 +56,10 @@ class Daemon:
 
     @staticmethod
     def _load(s: Settings) -> engine.HopProcessor:
-        return engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads)
+        from .delayline import wrap  # reference alignment (aec, aec+ns): see dtlnd.align
+
+        return wrap(engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads),
+                    s.mode, s.ref_delay, s.ref_delay_max, s.ref_lead)
 
     def _model_label(self) -> str:
         s = self.settings
@@ -170,9 +156,11 @@ class Daemon:
                 snap = self.snapshot(now - started, report_from)
                 report_from = self.stats.blocks
                 if snap is not None:
-                    self.notify("STATUS=" + snap.status(self.settings.mode, self._model_label()))
+                    aligned = getattr(self.processor, "alignment", None)
+                    extra = "" if aligned is None else f" | {aligned.describe()}"
+                    self.notify("STATUS=" + snap.status(self.settings.mode, self._model_label()) + extra)
                     if self.measure:
-                        self.out(snap.line())
+                        self.out(snap.line() + extra)
         self.notify("STOPPING=1")
         log.info("stopping")
         summary = self.snapshot(time.monotonic() - started, 0)
@@ -279,6 +267,9 @@ class Daemon:
                  f"deadline misses {snap.missed}; buffer re-centred {snap.resyncs} times; "
                  f"audio lost {self.totals['lost']} times")
         self.out(f"  latency: {snap.latency}")
+        aligned = getattr(self.processor, "alignment", None)
+        if aligned is not None:
+            self.out(f"  alignment: {aligned.describe()}; estimator {aligned.cpu_per_s:.4f} CPU s per audio s")
         self.out(f"  result: {'OK' if ok else 'FAIL: xruns, deadline misses or lost audio'}")
         return 0 if ok else 1
 
