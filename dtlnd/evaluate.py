@@ -119,9 +119,10 @@ def load(src: Path, opts: offline.FileOptions, need_far: bool, clean: Optional[P
         clean_sig = align_clean(clean_sig, mic, clean.name)
     rec = Recording(src, mic, far, clean_sig)
     if far is not None:
-        rec.talk = metrics.detect_talk_type(mic, far) if talk == "auto" else talk
+        rec.talk = metrics.detect_talk_type(mic, far, clean_sig) if talk == "auto" else talk
         rec.far_only = metrics.far_only_frames(mic, far, rec.talk, clean_sig)
-        log.info("%s: talk type %s%s", src.name, rec.talk, " (detected from the levels)" if talk == "auto" else "")
+        how = " (detected from the levels" + (" of --clean)" if clean_sig is not None else ")")
+        log.info("%s: talk type %s%s", src.name, rec.talk, how if talk == "auto" else "")
     return rec
 
 
