@@ -144,7 +144,8 @@ def score(rec: Recording, x: np.ndarray, is_output: bool) -> dict[str, float]:
 
 def _max_suppression(args: argparse.Namespace) -> Optional[float]:
     """The --max-suppression value, from the settings' flag when the config schema has it, else ours."""
-    return getattr(args, "set__max_suppression", None) or getattr(args, "max_suppression", None)
+    schema_value = getattr(args, "set__max_suppression", None)
+    return schema_value if schema_value is not None else getattr(args, "max_suppression", None)
 
 
 def build_engines(args: argparse.Namespace) -> list[Engine]:
