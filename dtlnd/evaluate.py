@@ -280,8 +280,8 @@ def run(args: argparse.Namespace) -> int:
     if args.set__mode == "ns" and (args.ref is not None or args.talk != "auto"):
         raise UsageError(f"{'--ref' if args.ref is not None else '--talk'} is only used by --mode aec or aec+ns")
     own = getattr(args, "max_suppression", None)
-    if own is not None and not 0 < own <= 100:
-        raise UsageError(f"--max-suppression {own:g}: must be above 0 and at most 100 dB")
+    if own is not None and not 0 <= own <= 120:  # the engine's range; goes when the schema has the setting
+        raise UsageError(f"--max-suppression {own:g}: use 0..120 dB (e.g. 20), or leave it out for no limit")
     pairs = _inputs(args)
     engines = build_engines(args)
     from .cli import _options
