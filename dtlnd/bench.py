@@ -2,8 +2,15 @@
 
 The floor is the two interpreter calls alone, on the same interpreters and
 inputs; the ratio engine/floor is what the framing, FFTs and copies cost.
-Engine and floor are timed in alternating rounds so that a busy machine
-skews both alike.
+Engine, pipelined engine and floor are timed in alternating rounds so that
+a busy machine skews them alike.
+
+Two paces: the hot loop (one block straight after another) and, with
+``--paced``, one block every 8 ms as in real time, sleeping in between:
+there caches and branch predictors go cold, so a block costs several times
+its hot-loop time, and that is what the daemon pays.  A paced row also
+gives CPU seconds per audio second: the process's user + system time (all
+threads, as /proc/PID/stat counts it) over its paced blocks.
 """
 
 from __future__ import annotations
@@ -18,12 +25,16 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import dsp, runtime
-from .constants import SHIFT
+from .constants import BUDGET_MS, BUDGET_NS, SHIFT
 from .engine import EchoCanceller, NoiseSuppressor
 from .errors import DtlndError
 from .offline import FileOptions, load_signals
+from .pipeline import Pipelined, pipelined
 
 ROUNDS = 10
+#: ``pipeline: auto`` and the recommendation pipeline a pair whose paced
+#: sequential block takes more than this share of the 8 ms budget.
+PIPELINE_ABOVE = 0.5
 
 
 @dataclass(frozen=True)
@@ -35,7 +46,7 @@ class Timing:
     p99: float
 
     @classmethod
-    def of(cls, ns: np.ndarray) -> "Timing":
+    def of(cls, ns: np.ndarray) -> Timing:
         us = ns / 1000.0
         return cls(round(float(us.mean()), 2), round(float(np.median(us)), 2),
                    round(float(np.percentile(us, 99)), 2))
@@ -53,6 +64,9 @@ class BenchResult:
     floor: Timing
     ratio: float
     budget_share: float  # engine mean / 8 ms
+    paced: bool = False
+    pipeline: bool = False
+    cpu_per_s: Optional[float] = None  # CPU seconds per audio second (paced rows)
 
 
 def _time(fn: Callable[[int], None], count: int, out: np.ndarray, start: int) -> None:
@@ -63,40 +77,117 @@ def _time(fn: Callable[[int], None], count: int, out: np.ndarray, start: int) ->
         out[start + i] = clock() - t0
 
 
-def bench_pair(name: str, model_dir: Optional[Path], rt: str, mic: np.ndarray, far: np.ndarray,
-               blocks: int = 3000, threads: int = 1, fft: str = "auto") -> BenchResult:
-    """Time ``blocks`` hops of ``mic``/``far`` (cycled) through one model pair."""
-    pair = runtime.ModelPair.load(name, model_dir, rt, threads)
+def _time_paced(fn: Callable[[int], None], count: int, out: np.ndarray, start: int) -> int:
+    """One call every 8 ms (absolute deadlines); returns the CPU ns the process used meanwhile."""
+    clock, sleep, cpu = time.perf_counter_ns, time.sleep, time.process_time_ns
+    c0 = cpu()
+    due = clock()
+    for i in range(count):
+        due += BUDGET_NS
+        wait = due - clock()
+        if wait > 0:
+            sleep(wait / 1e9)
+        t0 = clock()
+        fn(i)
+        out[start + i] = clock() - t0
+    return cpu() - c0
+
+
+def _offset(fn: Callable[[int], None], base: int) -> Callable[[int], None]:
+    return lambda i: fn(base + i)
+
+
+def _processor(pair: runtime.ModelPair, fft: str, pipeline: bool):
     proc = NoiseSuppressor(pair, fft) if pair.kind == "ns" else EchoCanceller(pair, fft)
+    return pipelined(proc) if pipeline else proc
+
+
+def bench_pair(name: str, model_dir: Optional[Path], rt: str, mic: np.ndarray, far: np.ndarray,
+               blocks: int = 3000, threads: int = 1, fft: str = "auto", paced: bool = False,
+               pipeline: bool = False) -> list[BenchResult]:
+    """Time ``blocks`` hops of ``mic``/``far`` (cycled) through one model pair.
+
+    One row for the sequential engine and, with ``pipeline``, one for the
+    pipelined engine (on its own interpreters), both against the same floor.
+    """
+    pair = runtime.ModelPair.load(name, model_dir, rt, threads)
+    procs = [_processor(pair, fft, False)]
+    if pipeline:
+        procs.append(_processor(runtime.ModelPair.load(name, model_dir, rt, threads), fft, True))
     hops = len(mic) // SHIFT
     mic_hops = mic[: hops * SHIFT].reshape(hops, SHIFT)
     far_hops = far[: hops * SHIFT].reshape(hops, SHIFT)
     out = np.zeros(SHIFT, np.float32)
-    hop = proc.process_hop
     inv1, inv2 = pair.m1.invoke, pair.m2.invoke
 
-    def engine_block(i: int) -> None:
-        j = i % hops
-        hop(mic_hops[j], far_hops[j], out)
+    def engine_block(hop: Callable) -> Callable[[int], None]:
+        def block(i: int) -> None:
+            j = i % hops
+            hop(mic_hops[j], far_hops[j], out)
+        return block
 
     def floor_block(i: int) -> None:
         inv1()
         inv2()
 
     per_round = -(-blocks // ROUNDS)
-    engine_ns = np.zeros(per_round * ROUNDS, np.int64)
-    floor_ns = np.zeros(per_round * ROUNDS, np.int64)
-    _time(engine_block, 200, np.zeros(200, np.int64), 0)  # warm-up: caches, FFTW, XNNPACK
+    total = per_round * ROUNDS
+    variants = [engine_block(p.process_hop) for p in procs] + [floor_block]
+    times = [np.zeros(total, np.int64) for _ in variants]
+    cpu = [0] * len(variants)
+    for v in variants[:-1]:
+        _time(v, 200, np.zeros(200, np.int64), 0)  # warm-up: caches, FFTW, XNNPACK
     gc.disable()
     try:
         for r in range(ROUNDS):
-            _time(lambda i: engine_block(r * per_round + i), per_round, engine_ns, r * per_round)
-            _time(floor_block, per_round, floor_ns, r * per_round)
+            for k, v in enumerate(variants):
+                block = _offset(v, r * per_round)
+                if paced:
+                    cpu[k] += _time_paced(block, per_round, times[k], r * per_round)
+                else:
+                    _time(block, per_round, times[k], r * per_round)
+                if k < len(procs) and isinstance(procs[k], Pipelined):
+                    procs[k].sync()  # its last job finishes inside this round
     finally:
         gc.enable()
-    e, f = Timing.of(engine_ns), Timing.of(floor_ns)
-    return BenchResult(name, pair.kind, pair.runtime, proc.fft_backend, threads, len(engine_ns), e, f,
-                       round(e.mean / f.mean, 3), round(e.mean / (SHIFT / 16.0) / 1000.0, 4))
+        for p in procs:
+            p.close()
+    f = Timing.of(times[-1])
+    rows = []
+    for k, p in enumerate(procs):
+        e = Timing.of(times[k])
+        rows.append(BenchResult(name, pair.kind, pair.runtime, procs[0].fft_backend, threads, total, e, f,
+                                round(e.mean / f.mean, 3), round(e.mean / (BUDGET_NS / 1000.0), 4), paced,
+                                isinstance(p, Pipelined),
+                                round(cpu[k] / (total * BUDGET_NS), 4) if paced else None))
+    return rows
+
+
+def recommend(results: list[BenchResult]) -> list[str]:
+    """What to run here, from the paced rows: per pair, sequential or pipelined, or too slow."""
+    lines = []
+    paced = [r for r in results if r.paced]
+    for name in dict.fromkeys(r.model for r in paced):
+        seq = next((r for r in paced if r.model == name and not r.pipeline), None)
+        pipe = next((r for r in paced if r.model == name and r.pipeline), None)
+        if seq is None:
+            continue
+        ms = seq.engine.mean / 1000.0
+        if seq.engine.p99 / 1000.0 < BUDGET_MS and seq.budget_share <= PIPELINE_ABOVE:
+            lines.append(f"{name}: fits sequentially ({ms:.2f} ms per 8 ms block paced, "
+                         f"{seq.cpu_per_s:.3f} CPU s/s): pipeline: false")
+        elif pipe is not None and pipe.engine.p99 / 1000.0 < BUDGET_MS:
+            lines.append(f"{name}: {ms:.2f} ms sequential is over half the budget; pipelined "
+                         f"{pipe.engine.mean / 1000.0:.2f} ms (p99 {pipe.engine.p99 / 1000.0:.2f}): pipeline: true "
+                         "(8 ms more latency)")
+        elif pipe is None and seq.engine.p99 / 1000.0 < BUDGET_MS:
+            lines.append(f"{name}: {ms:.2f} ms sequential is over half the budget: "
+                         "rerun with --pipeline to see whether pipelining helps")
+        else:
+            best = min(r.engine.p99 for r in (seq, pipe) if r is not None) / 1000.0
+            lines.append(f"{name}: too slow here (p99 {best:.2f} ms > {BUDGET_MS:g} ms even at best): "
+                         "use a smaller model")
+    return lines
 
 
 def bench_signals(audio: Optional[Path], ref: Optional[Path]) -> tuple[np.ndarray, np.ndarray, str]:
@@ -114,7 +205,8 @@ def bench_signals(audio: Optional[Path], ref: Optional[Path]) -> tuple[np.ndarra
 
 
 def run(models: list[str], model_dir: Optional[Path], runtimes: list[str], audio: Optional[Path],
-        ref: Optional[Path], blocks: int, threads: int, fft: str, as_json: bool) -> int:
+        ref: Optional[Path], blocks: int, threads: int, fft: str, as_json: bool, paced: bool = False,
+        pipeline: bool = False, paced_blocks: int = 1000) -> int:
     mic, far, label = bench_signals(audio, ref)
     names = models or runtime.available_pairs(model_dir)
     if not names:
@@ -123,25 +215,39 @@ def run(models: list[str], model_dir: Optional[Path], runtimes: list[str], audio
     results: list[BenchResult] = []
     errors: list[str] = []
     if not as_json:
-        print(f"input: {label}; {blocks} blocks per pair; FFT: {fft if fft != 'auto' else dsp.default_backend()}")
-        print(f"{'model':<22} {'runtime':<15} {'engine us/block (mean med p99)':>32} "
-              f"{'floor us (mean med p99)':>27} {'ratio':>6} {'of 8ms':>7}")
+        print(f"input: {label}; {blocks} blocks per pair hot{f', {paced_blocks} paced (one per 8 ms)' if paced else ''}"
+              f"; FFT: {fft if fft != 'auto' else dsp.default_backend()}")
+        wide = paced or pipeline  # the plain table keeps its ten columns
+        print(f"{'model':<22} {'runtime':<15} {'pace  pipe ' if wide else ''}"
+              f"{'engine us/block (mean med p99)':>32} {'floor us (mean med p99)':>27} {'ratio':>6} {'of 8ms':>7}"
+              f"{'  CPU s/s' if wide else ''}")
     for name in names:
         for rt in rts:
             try:
-                r = bench_pair(name, model_dir, rt, mic, far, blocks, threads, fft)
+                rows = bench_pair(name, model_dir, rt, mic, far, blocks, threads, fft, False, pipeline)
+                if paced:
+                    rows += bench_pair(name, model_dir, rt, mic, far, paced_blocks, threads, fft, True, pipeline)
             except DtlndError as exc:
                 errors.append(f"{name} on {rt}: {exc}")
                 continue
-            results.append(r)
+            results += rows
             if not as_json:
-                e, f = r.engine, r.floor
-                print(f"{r.model:<22} {r.runtime:<15} {e.mean:>10.1f} {e.median:>10.1f} {e.p99:>10.1f} "
-                      f"{f.mean:>8.1f} {f.median:>8.1f} {f.p99:>9.1f} {r.ratio:>6.2f} {100 * r.budget_share:>6.1f}%",
-                      flush=True)
+                for r in rows:
+                    e, f = r.engine, r.floor
+                    cpu = f" {r.cpu_per_s:>8.3f}" if r.cpu_per_s is not None else ""
+                    how = f"{'paced' if r.paced else 'hot':<5} {'yes' if r.pipeline else 'no':<4} " if wide else ""
+                    print(f"{r.model:<22} {r.runtime:<15} {how}{e.mean:>10.1f} {e.median:>10.1f} {e.p99:>10.1f} "
+                          f"{f.mean:>8.1f} {f.median:>8.1f} {f.p99:>9.1f} {r.ratio:>6.2f} "
+                          f"{100 * r.budget_share:>6.1f}%{cpu}", flush=True)
+    advice = recommend(results)
     if as_json:
-        print(json.dumps({"input": label, "results": [asdict(r) for r in results], "errors": errors}, indent=2))
+        print(json.dumps({"input": label, "results": [asdict(r) for r in results], "errors": errors,
+                          "recommendation": advice}, indent=2))
     else:
         for err in errors:
             print(f"skipped: {err}")
+        if advice:
+            print("recommendation (from the paced figures):")
+            for line in advice:
+                print(f"  {line}")
     return 0 if results else 1

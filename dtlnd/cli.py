@@ -84,8 +84,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.blocks < 100:
         raise UsageError(f"--blocks {args.blocks}: use at least 100 for meaningful figures")
+    if args.paced_blocks < 100:
+        raise UsageError(f"--paced-blocks {args.paced_blocks}: use at least 100 for meaningful figures")
     return bench.run(args.model, args.model_dir, args.runtime, args.audio, args.ref, args.blocks,
-                     args.threads, args.fft, args.json)
+                     args.threads, args.fft, args.json, args.paced, args.pipeline, args.paced_blocks)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -226,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", type=Path, metavar="WAV", help="far-end audio for AEC pairs "
                    "(default: the input, delayed and attenuated)")
     p.add_argument("--blocks", type=int, default=3000, help="blocks timed per pair (default: %(default)s)")
+    p.add_argument("--paced", action="store_true",
+                   help="also time one block every 8 ms, as in real time, with CPU seconds per audio second, "
+                        "and print a recommendation")
+    p.add_argument("--paced-blocks", type=int, default=1000, metavar="N",
+                   help="blocks timed per pair when paced (default: %(default)s, 8 s each for engine and floor)")
+    p.add_argument("--pipeline", action="store_true",
+                   help="also time the pipelined engine (model 2 on a worker thread)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_bench)
 

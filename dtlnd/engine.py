@@ -16,7 +16,7 @@ trails the input by the hop processor's delay plus 128 samples.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Any, Optional, Protocol
 
 import numpy as np
 
@@ -26,6 +26,11 @@ from .errors import ModelError, UsageError
 from .runtime import ModelPair
 
 ALGORITHMIC_DELAY = 3 * SHIFT
+#: Output samples are kept within ±OUT_PEAK (+18 dBFS), far above any real
+#: output.  A hop of energy (sum of squares) at most OUT_ENERGY has no sample
+#: beyond it; only a louder hop is checked in full and clipped.
+OUT_PEAK = 8.0
+OUT_ENERGY = OUT_PEAK * OUT_PEAK
 
 
 class HopProcessor(Protocol):
@@ -35,19 +40,45 @@ class HopProcessor(Protocol):
     channels: int
     #: samples from a hop's input to the output it belongs to
     delay: int
+    #: the model pair(s), e.g. "dtln_aec_128_quant+dtln_ns_quant"
+    label: str
+    #: the TF-Lite runtime the pairs run on
+    runtime: str
+    #: the latest microphone hop as the engine saw it (non-finite samples zeroed)
+    input_hop: np.ndarray
 
     def process_hop(self, mic: np.ndarray, far: Optional[np.ndarray], out: np.ndarray) -> None: ...
 
     def reset(self) -> None: ...
 
+    def close(self) -> None: ...
+
+    @property
+    def nonfinite(self) -> int: ...
+
+    @property
+    def resets(self) -> int: ...
+
 
 class _DTLN:
     """Buffers, tensors and the hop function shared by the NS and AEC loops.
 
-    ``process_hop`` is a closure over local names built once in
-    `_build_hop`: on a Pi each attribute lookup, keyword argument or method
-    call on the 8 ms path costs real time, and numpy ufuncs take their
-    output array positionally for the same reason.
+    The hop is four closures over local names built once in `_build_parts`
+    (on a Pi each attribute lookup, keyword argument or method call on the
+    8 ms path costs real time, and numpy ufuncs take their output array
+    positionally for the same reason): ``front`` (window, FFTs, model 1,
+    masked spectrum), ``to_model_2`` (inverse FFT into model 2's input),
+    model 2's ``invoke`` and ``finish`` (overlap-add, fault check).  The
+    pipelined processor runs model 2 on another thread between them.
+
+    Fault guard, per stage: an input hop whose energy is not finite has its
+    NaN/Inf samples zeroed (counted in ``nonfinite``, samples); when the
+    LSTM states or the output hop are not finite, this stage's windows,
+    overlap-add and states are cleared and the hop is silence (counted in
+    ``resets``); an output hop louder than ``OUT_ENERGY`` is clipped to
+    ±``OUT_PEAK``.  The normal path costs three dot products (four for AEC)
+    and allocates nothing; only the fault paths do (temporaries, Python
+    ints).  The thread that calls the hop is the counters' only writer.
     """
 
     channels = 1
@@ -55,18 +86,37 @@ class _DTLN:
 
     def __init__(self, pair: ModelPair, fft: str = "auto") -> None:
         self.pair = pair
-        self._fft = RealFFT(pair.m2.signal, fft)
+        self.label = pair.name
+        self.runtime = pair.runtime
+        self.nonfinite = 0
+        self.resets = 0
+        m2: Any = pair.m2  # BoundModel binds its tensor views with setattr
+        self._fft = RealFFT(m2.signal, fft)
         self.fft_backend = self._fft.backend
         self._mic = SlidingWindow(self._fft.window)
-        self._ola = OverlapAdd(pair.m2.out)
+        self.input_hop = self._mic.views[2]
+        self._ola = OverlapAdd(m2.out)
         if pair.kind == "aec":
-            self._far_fft = RealFFT(np.zeros(BLOCK, np.float32), fft)  # only its forward is used
+            self._far_fft = RealFFT(None, fft)
             self._far = SlidingWindow(self._far_fft.window)
-        self.process_hop = self._build_hop()
+        self.parts = self._build_parts()
+        self.process_hop = self._sequential(*self.parts)
         self.pair.reset()
 
-    def _build_hop(self):
-        m1, m2, fft = self.pair.m1, self.pair.m2, self._fft
+    @staticmethod
+    def _sequential(front, to_model_2, invoke2, finish):
+        def process_hop(mic: np.ndarray, far: Optional[np.ndarray], out: np.ndarray) -> None:
+            front(mic, far)
+            to_model_2()
+            invoke2()
+            finish(out)
+        return process_hop
+
+    def _build_parts(self):
+        m1: Any = self.pair.m1  # BoundModel binds its tensor views with setattr
+        m2: Any = self.pair.m2
+        fft = self._fft
+        assert fft.inverse is not None
         copyto, absolute, multiply, divide, maximum = np.copyto, np.absolute, np.multiply, np.divide, np.maximum
         win_old, win_keep, win_new = self._mic.views
         forward, inverse, spectrum, masked = fft.forward, fft.inverse, fft.spectrum, fft.masked
@@ -81,10 +131,49 @@ class _DTLN:
         den = np.ones(BINS, np.float32)
         # PiDTLN2's model 1 outputs |X| * mask: the gain is that over 512 |X|.
         divide_by_mag = not self.pair.mask_is_gain
-        ola = self._ola
+        ola_add = self._ola.add
+        aec = self.pair.kind == "aec"
+        # The checks: a (1, N) x (N,) product into a preallocated 1-element
+        # array, then a ufunc into a 1-element bool.  They allocate nothing
+        # (np.add.reduce does; so can a 1-D dot into a 0-d array and
+        # math.isfinite's float), and NaN or Inf in either operand makes the
+        # product non-finite.
+        less_equal, isfinite = np.less_equal, np.isfinite
+        # The output is checked in a buffer of ours: a dot product needs a
+        # (1, N) view of its first operand, made once.
+        hop = np.zeros(SHIFT, np.float32)
+        mic_dot, state_dot, hop_dot = (a.reshape(1, -1).dot for a in (win_new, st1_in, hop))
+        acc, flag, flag2 = np.zeros(1, np.float32), np.zeros(1, bool), np.zeros(1, bool)
+        energy_max = np.full((), OUT_ENERGY, np.float32)
+        zap, settle = self._fault_paths()
+        if aec:
+            far_old, far_keep, far_new = self._far.views
+            far_window, far_forward, far_spectrum = self._far_fft.window, self._far_fft.forward, self._far_fft.spectrum
+            far_mag, far_block = m1.far, m2.far
+            far_dot = far_new.reshape(1, -1).dot
 
-        def model_1_to_2() -> None:
-            """mask -> masked spectrum -> model 2's input, states carried over."""
+        def front(mic: np.ndarray, far: Optional[np.ndarray]) -> None:
+            """Window, FFTs, model 1 and the masked spectrum (model 2 untouched)."""
+            copyto(win_old, win_keep)
+            copyto(win_new, mic)
+            mic_dot(win_new, acc)
+            isfinite(acc, flag)
+            if not flag:
+                zap(win_new)
+            forward()
+            absolute(spectrum, mag)
+            if divide_by_mag:
+                multiply(mag, n_bins, den)
+                maximum(den, floor, out=den)  # positional out is deprecated for maximum
+            if aec:
+                copyto(far_old, far_keep)
+                copyto(far_new, far)  # type: ignore[arg-type]  # AEC: far is given
+                far_dot(far_new, acc)
+                isfinite(acc, flag)
+                if not flag:
+                    zap(far_new)
+                far_forward()
+                absolute(far_spectrum, far_mag)
             invoke1()
             copyto(st1_in, st1_out)
             if divide_by_mag:
@@ -92,53 +181,68 @@ class _DTLN:
             else:
                 multiply(mask, scale, gain_re)
             multiply(spectrum, gain, masked)
+
+        def to_model_2() -> None:
+            """The masked block (and the far-end window) into model 2's inputs."""
             inverse()
+            if aec:
+                copyto(far_block, far_window)
 
-        def magnitude() -> None:
-            absolute(spectrum, mag)
-            if divide_by_mag:
-                multiply(mag, n_bins, den)
-                maximum(den, floor, out=den)  # positional out is deprecated for maximum
-
-        if self.pair.kind == "ns":
-            def process_hop(mic: np.ndarray, far: Optional[np.ndarray], out: np.ndarray) -> None:
-                copyto(win_old, win_keep)
-                copyto(win_new, mic)
-                forward()
-                magnitude()
-                model_1_to_2()
-                invoke2()
-                copyto(st2_in, st2_out)
-                ola.add(out)
-            return process_hop
-
-        far_old, far_keep, far_new = self._far.views
-        far_window, far_forward, far_spectrum = self._far_fft.window, self._far_fft.forward, self._far_fft.spectrum
-        far_mag, far_block = m1.far, m2.far
-
-        def process_hop(mic: np.ndarray, far: Optional[np.ndarray], out: np.ndarray) -> None:
-            copyto(win_old, win_keep)
-            copyto(win_new, mic)
-            copyto(far_old, far_keep)
-            copyto(far_new, far)
-            forward()
-            far_forward()
-            magnitude()
-            absolute(far_spectrum, far_mag)
-            model_1_to_2()
-            copyto(far_block, far_window)
-            invoke2()
+        def finish(out: np.ndarray) -> None:
+            """Model 2's states carried over, its block overlap-added into ``out``, checked."""
             copyto(st2_in, st2_out)
-            ola.add(out)
-        return process_hop
+            ola_add(hop)
+            state_dot(st2_in, acc)  # both states in one product (their shapes are equal)
+            isfinite(acc, flag)
+            hop_dot(hop, acc)
+            less_equal(acc, energy_max, flag2)  # False for NaN too
+            if not (flag and flag2):
+                settle(hop)
+            copyto(out, hop)
 
-    def reset(self) -> None:
+        return front, to_model_2, invoke2, finish
+
+    def _fault_paths(self):
+        """The rare paths of the guard: zero NaN/Inf input samples; reset or clip on a bad output."""
+        ok = np.zeros(SHIFT, bool)
+        zeros = np.zeros(SHIFT, np.float32)
+        lo, hi = np.full(SHIFT, -OUT_PEAK, np.float32), np.full(SHIFT, OUT_PEAK, np.float32)
+        m1: Any = self.pair.m1
+        m2: Any = self.pair.m2
+        st1, st2 = m1.state_in, m2.state_in
+
+        def zap(hop: np.ndarray) -> None:
+            np.isfinite(hop, ok)
+            bad = SHIFT - int(np.count_nonzero(ok))
+            if bad:  # else a sum of huge but finite samples overflowed: nothing to mend
+                np.logical_not(ok, ok)
+                np.copyto(hop, zeros, where=ok)
+                self.nonfinite += bad
+
+        def settle(out: np.ndarray) -> None:
+            if np.isfinite(st1).all() and np.isfinite(st2).all() and np.isfinite(out).all():
+                np.clip(out, lo, hi, out)  # loud but sound: bound it
+                return
+            self.clear()
+            out.fill(0.0)
+            self.resets += 1
+
+        return zap, settle
+
+    def clear(self) -> None:
         """Forget all history: windows, overlap-add tail and LSTM states."""
         self._mic.clear()
         if self.pair.kind == "aec":
             self._far.clear()
         self._ola.clear()
         self.pair.reset()
+
+    def reset(self) -> None:
+        """Start a new stream: `clear` (the fault counters stand)."""
+        self.clear()
+
+    def close(self) -> None:
+        """Nothing to release: the interpreters go with the object."""
 
 
 class NoiseSuppressor(_DTLN):
@@ -171,9 +275,20 @@ class Chain:
     def __init__(self, first: HopProcessor, second: HopProcessor) -> None:
         self.stages = (first, second)
         self.delay = first.delay + second.delay
+        self.label = f"{first.label}+{second.label}"
+        self.runtime = first.runtime if first.runtime == second.runtime else f"{first.runtime}+{second.runtime}"
+        self.input_hop = first.input_hop
         self._mid = np.zeros(SHIFT, np.float32)
         self._first = first.process_hop
         self._second = second.process_hop
+
+    @property
+    def nonfinite(self) -> int:
+        return sum(stage.nonfinite for stage in self.stages)
+
+    @property
+    def resets(self) -> int:
+        return sum(stage.resets for stage in self.stages)
 
     def process_hop(self, mic: np.ndarray, far: Optional[np.ndarray], out: np.ndarray) -> None:
         self._first(mic, far, self._mid)
@@ -183,26 +298,42 @@ class Chain:
         for stage in self.stages:
             stage.reset()
 
+    def close(self) -> None:
+        for stage in self.stages:
+            stage.close()
+
 
 def build(mode: str, model: Optional[str] = None, ns_model: Optional[str] = None,
           model_dir: Optional[Path] = None, runtime: str = "auto", threads: int = 1,
-          fft: str = "auto") -> HopProcessor:
+          fft: str = "auto", pipeline: bool = False, max_suppression: Optional[float] = None) -> HopProcessor:
     """Load the model pair(s) for ``mode`` and return its hop processor.
 
     ``model`` is the pair of the first stage (NS for ``ns``, AEC otherwise);
-    ``ns_model`` the NS pair of ``aec+ns``.
+    ``ns_model`` the NS pair of ``aec+ns``.  ``pipeline`` runs the second
+    half on a worker thread (one hop more delay, see `dtlnd.pipeline`);
+    ``max_suppression`` (dB) mixes the time-aligned input back in so the
+    output never falls more than that below it (`dtlnd.suppression`).
     """
+    from .pipeline import pipelined
+    from .suppression import SuppressionLimit
+
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     first = model or DEFAULT_MODELS["ns" if mode == "ns" else "aec"]
     pair = ModelPair.load(first, model_dir, runtime, threads)
+    proc: HopProcessor
     if mode == "ns":
-        return NoiseSuppressor(pair, fft)
-    aec = EchoCanceller(pair, fft)
-    if mode == "aec":
-        return aec
-    ns_pair = ModelPair.load(ns_model or DEFAULT_MODELS["ns"], model_dir, runtime, threads)
-    return Chain(aec, NoiseSuppressor(ns_pair, fft))
+        proc = NoiseSuppressor(pair, fft)
+    else:
+        proc = EchoCanceller(pair, fft)
+        if mode == "aec+ns":
+            ns_pair = ModelPair.load(ns_model or DEFAULT_MODELS["ns"], model_dir, runtime, threads)
+            proc = Chain(proc, NoiseSuppressor(ns_pair, fft))
+    if pipeline:
+        proc = pipelined(proc)
+    if max_suppression is not None:
+        proc = SuppressionLimit(proc, max_suppression)
+    return proc
 
 
 class BlockStream:
@@ -236,7 +367,7 @@ class BlockStream:
             k = min(SHIFT - f, n - pos)
             self._mic[f:f + k] = mic[pos:pos + k]
             if self._far is not None:
-                self._far[f:f + k] = far[pos:pos + k]
+                self._far[f:f + k] = far[pos:pos + k]  # type: ignore[index]  # checked above
             out[pos:pos + k] = self._out[f:f + k]
             pos += k
             self._fill = f + k
