@@ -29,12 +29,9 @@ from .constants import BUDGET_MS, BUDGET_NS, SHIFT
 from .engine import EchoCanceller, NoiseSuppressor
 from .errors import DtlndError
 from .offline import FileOptions, load_signals
-from .pipeline import Pipelined, pipelined
+from .pipeline import PIPELINE_ABOVE, Pipelined, pipelined
 
 ROUNDS = 10
-#: ``pipeline: auto`` and the recommendation pipeline a pair whose paced
-#: sequential block takes more than this share of the 8 ms budget.
-PIPELINE_ABOVE = 0.5
 
 
 @dataclass(frozen=True)

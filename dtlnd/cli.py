@@ -46,7 +46,16 @@ def _add_model_options(p: argparse.ArgumentParser, run: bool = False) -> None:
                    help="TF-Lite runtime (default: auto = the first that imports, in this order)")
     g.add_argument("--threads", type=int, default=None if run else 1, metavar="N",
                    help="interpreter threads per model (default: 1)")
-    if not run:
+    g.add_argument("--max-suppression", type=float, metavar="DB",
+                   help="the output never falls more than DB below the input (the time-aligned input is "
+                        "mixed in at 10^(-DB/20)); default: no limit")
+    if run:
+        g.add_argument("--pipeline", nargs="?", const="true", choices=["true", "false", "auto"],
+                       help="model 2 on a second thread, 8 ms more latency (auto: when a block takes over "
+                            "half the budget); default: false")
+    else:
+        g.add_argument("--pipeline", action="store_true",
+                       help="model 2 on a second thread (the output stays aligned: the extra hop is removed)")
         g.add_argument("--fft", default="auto", choices=["auto", "pyfftw", "numpy"],
                        help="FFT backend (default: pyfftw when installed)")
 
@@ -56,8 +65,11 @@ def _build_processor(args: argparse.Namespace):
 
     if args.threads < 1:
         raise UsageError(f"--threads {args.threads}: must be 1 or more")
+    db = args.max_suppression
+    if db is not None and not 0 <= db <= 120:
+        raise UsageError(f"--max-suppression {db:g}: use 0..120 dB, e.g. 20")
     return engine.build(args.mode, args.model, args.ns_model, args.model_dir, args.runtime,
-                        args.threads, args.fft)
+                        args.threads, args.fft, pipeline=args.pipeline, max_suppression=db)
 
 
 def _cmd_process(args: argparse.Namespace) -> int:
@@ -127,6 +139,7 @@ _RUN_OVERRIDES = {
     "ref_channel": "input.ref_channel", "input_rate": "input.rate", "output": "output.device",
     "output_channels": "output.channels", "output_format": "output.format", "output_rate": "output.rate",
     "latency": "latency", "buffer_blocks": "buffer_blocks", "rt_priority": "rt_priority", "run_log_level": "log_level",
+    "max_suppression": "max_suppression", "pipeline": "pipeline",
 }
 
 
@@ -136,6 +149,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         value = getattr(args, attr, None)
         if value is None:
             continue
+        if attr == "pipeline":
+            value = {"true": True, "false": False}.get(value, value)
         out[key] = str(value) if isinstance(value, Path) else value
     return out
 

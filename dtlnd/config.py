@@ -68,6 +68,14 @@ class Settings:
     #: real-time (SCHED_FIFO) priority for the audio threads; 0: don't ask
     rt_priority: int = 20
     log_level: str = "info"
+    max_suppression: Optional[float] = field(default=None, metadata={
+        "doc": "the output never falls more than this below the input: the time-aligned input is mixed "
+               "into the output at 10^(-DB/20); none: no limit",
+        "flag": "--max-suppression", "range": (0.0, 120.0), "unit": "dB"})
+    pipeline: Union[bool, str] = field(default=False, metadata={
+        "doc": "run model 2 (for aec+ns: the NS stage) on a second thread, 8 ms more latency; auto: when "
+               "a paced sequential block takes over half the 8 ms budget (measured at start)",
+        "flag": "--pipeline", "choices": (False, True, "auto")})
 
     @property
     def input_channels(self) -> int:
@@ -107,10 +115,23 @@ def _coerce(key: str, value: Any, default: Any, hint: str) -> Any:
             except ValueError:
                 return value
         raise ConfigError(f"{key}: expected low, high or seconds, got {value!r}")
+    if "Union[bool, str]" in hint:
+        if isinstance(value, (bool, str)):
+            return value
+        raise ConfigError(f"{key}: expected true, false or auto, got {value!r}")
     if "bool" in hint:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if "float" in hint:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
     if "int" in hint:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, str) and value.strip().lstrip("-").isdigit():
@@ -189,6 +210,10 @@ def _validate(s: Settings) -> Settings:
         raise bad("latency", f"{s.latency}: use a time in seconds between 0 and 1, e.g. 0.016")
     if not 1 <= s.buffer_blocks <= 64:
         raise bad("buffer_blocks", f"{s.buffer_blocks}: use 1..64 blocks of 8 ms")
+    if s.max_suppression is not None and not 0 <= s.max_suppression <= 120:
+        raise bad("max_suppression", f"{s.max_suppression}: use 0..120 dB (e.g. 20), or leave it empty for no limit")
+    if s.pipeline not in (False, True, "auto"):
+        raise bad("pipeline", f"{s.pipeline!r}: use true, false or auto")
     if not 0 <= s.rt_priority <= 99:
         raise bad("rt_priority", f"{s.rt_priority}: use 0 (off) or 1..99")
     if s.output.format not in FORMATS:

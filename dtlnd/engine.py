@@ -15,8 +15,9 @@ trails the input by the hop processor's delay plus 128 samples.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, Union
 
 import numpy as np
 
@@ -25,12 +26,18 @@ from .dsp import OverlapAdd, RealFFT, SlidingWindow
 from .errors import ModelError, UsageError
 from .runtime import ModelPair
 
+log = logging.getLogger("dtlnd")
+
 ALGORITHMIC_DELAY = 3 * SHIFT
 #: Output samples are kept within ±OUT_PEAK (+18 dBFS), far above any real
 #: output.  A hop of energy (sum of squares) at most OUT_ENERGY has no sample
 #: beyond it; only a louder hop is checked in full and clipped.
 OUT_PEAK = 8.0
 OUT_ENERGY = OUT_PEAK * OUT_PEAK
+#: Input samples are kept within ±IN_PEAK (+60 dBFS): a hop whose sum of
+#: magnitudes exceeds it (none of real audio does) is mended and clipped, so
+#: the models and the checks below never see values that overflow float32.
+IN_PEAK = 1000.0
 
 
 class HopProcessor(Protocol):
@@ -71,13 +78,14 @@ class _DTLN:
     model 2's ``invoke`` and ``finish`` (overlap-add, fault check).  The
     pipelined processor runs model 2 on another thread between them.
 
-    Fault guard, per stage: an input hop whose energy is not finite has its
-    NaN/Inf samples zeroed (counted in ``nonfinite``, samples); when the
+    Fault guard, per stage: an input hop whose sum of magnitudes is not
+    finite or exceeds ``IN_PEAK`` has its NaN/Inf samples zeroed (counted
+    in ``nonfinite``, samples) and is clipped to ±``IN_PEAK``; when the
     LSTM states or the output hop are not finite, this stage's windows,
     overlap-add and states are cleared and the hop is silence (counted in
     ``resets``); an output hop louder than ``OUT_ENERGY`` is clipped to
-    ±``OUT_PEAK``.  The normal path costs three dot products (four for AEC)
-    and allocates nothing; only the fault paths do (temporaries, Python
+    ±``OUT_PEAK``.  The normal path costs three (1, N) x (N,) products and
+    four small ufuncs per stage (AEC: four and six) and allocates nothing; only the fault paths do (temporaries, Python
     ints).  The thread that calls the hop is the counters' only writer.
     """
 
@@ -135,29 +143,30 @@ class _DTLN:
         aec = self.pair.kind == "aec"
         # The checks: a (1, N) x (N,) product into a preallocated 1-element
         # array, then a ufunc into a 1-element bool.  They allocate nothing
-        # (np.add.reduce does; so can a 1-D dot into a 0-d array and
-        # math.isfinite's float), and NaN or Inf in either operand makes the
-        # product non-finite.
+        # (np.add.reduce does; so can a 1-D dot into a 0-d array, and
+        # math.isfinite's float), and NaN or Inf in an operand makes the
+        # product non-finite.  The (1, N) views are made once, so the output
+        # is checked in a buffer of ours before it is copied out.
         less_equal, isfinite = np.less_equal, np.isfinite
-        # The output is checked in a buffer of ours: a dot product needs a
-        # (1, N) view of its first operand, made once.
         hop = np.zeros(SHIFT, np.float32)
-        mic_dot, state_dot, hop_dot = (a.reshape(1, -1).dot for a in (win_new, st1_in, hop))
+        state_dot, hop_dot = (a.reshape(1, -1).dot for a in (st1_in, hop))
+        magnitudes = np.zeros(SHIFT, np.float32)
+        sum_of = np.ones((1, SHIFT), np.float32).dot
+        in_max, energy_max = np.full(1, IN_PEAK, np.float32), np.full(1, OUT_ENERGY, np.float32)
         acc, flag, flag2 = np.zeros(1, np.float32), np.zeros(1, bool), np.zeros(1, bool)
-        energy_max = np.full((), OUT_ENERGY, np.float32)
         zap, settle = self._fault_paths()
         if aec:
             far_old, far_keep, far_new = self._far.views
             far_window, far_forward, far_spectrum = self._far_fft.window, self._far_fft.forward, self._far_fft.spectrum
             far_mag, far_block = m1.far, m2.far
-            far_dot = far_new.reshape(1, -1).dot
 
         def front(mic: np.ndarray, far: Optional[np.ndarray]) -> None:
             """Window, FFTs, model 1 and the masked spectrum (model 2 untouched)."""
             copyto(win_old, win_keep)
             copyto(win_new, mic)
-            mic_dot(win_new, acc)
-            isfinite(acc, flag)
+            absolute(win_new, magnitudes)
+            sum_of(magnitudes, acc)
+            less_equal(acc, in_max, flag)  # False for NaN too
             if not flag:
                 zap(win_new)
             forward()
@@ -168,8 +177,9 @@ class _DTLN:
             if aec:
                 copyto(far_old, far_keep)
                 copyto(far_new, far)  # type: ignore[arg-type]  # AEC: far is given
-                far_dot(far_new, acc)
-                isfinite(acc, flag)
+                absolute(far_new, magnitudes)
+                sum_of(magnitudes, acc)
+                less_equal(acc, in_max, flag)
                 if not flag:
                     zap(far_new)
                 far_forward()
@@ -207,6 +217,7 @@ class _DTLN:
         ok = np.zeros(SHIFT, bool)
         zeros = np.zeros(SHIFT, np.float32)
         lo, hi = np.full(SHIFT, -OUT_PEAK, np.float32), np.full(SHIFT, OUT_PEAK, np.float32)
+        in_lo, in_hi = np.full(SHIFT, -IN_PEAK, np.float32), np.full(SHIFT, IN_PEAK, np.float32)
         m1: Any = self.pair.m1
         m2: Any = self.pair.m2
         st1, st2 = m1.state_in, m2.state_in
@@ -214,10 +225,11 @@ class _DTLN:
         def zap(hop: np.ndarray) -> None:
             np.isfinite(hop, ok)
             bad = SHIFT - int(np.count_nonzero(ok))
-            if bad:  # else a sum of huge but finite samples overflowed: nothing to mend
+            if bad:
                 np.logical_not(ok, ok)
                 np.copyto(hop, zeros, where=ok)
                 self.nonfinite += bad
+            np.clip(hop, in_lo, in_hi, hop)
 
         def settle(out: np.ndarray) -> None:
             if np.isfinite(st1).all() and np.isfinite(st2).all() and np.isfinite(out).all():
@@ -305,16 +317,19 @@ class Chain:
 
 def build(mode: str, model: Optional[str] = None, ns_model: Optional[str] = None,
           model_dir: Optional[Path] = None, runtime: str = "auto", threads: int = 1,
-          fft: str = "auto", pipeline: bool = False, max_suppression: Optional[float] = None) -> HopProcessor:
+          fft: str = "auto", pipeline: Union[bool, str] = False,
+          max_suppression: Optional[float] = None) -> HopProcessor:
     """Load the model pair(s) for ``mode`` and return its hop processor.
 
     ``model`` is the pair of the first stage (NS for ``ns``, AEC otherwise);
     ``ns_model`` the NS pair of ``aec+ns``.  ``pipeline`` runs the second
     half on a worker thread (one hop more delay, see `dtlnd.pipeline`);
+    ``"auto"`` does so when a paced sequential block, timed here for about
+    0.3 s, takes over half the budget;
     ``max_suppression`` (dB) mixes the time-aligned input back in so the
     output never falls more than that below it (`dtlnd.suppression`).
     """
-    from .pipeline import pipelined
+    from .pipeline import PIPELINE_ABOVE, paced_share, pipelined
     from .suppression import SuppressionLimit
 
     if mode not in MODES:
@@ -329,6 +344,12 @@ def build(mode: str, model: Optional[str] = None, ns_model: Optional[str] = None
         if mode == "aec+ns":
             ns_pair = ModelPair.load(ns_model or DEFAULT_MODELS["ns"], model_dir, runtime, threads)
             proc = Chain(proc, NoiseSuppressor(ns_pair, fft))
+    if pipeline == "auto":
+        share = paced_share(proc)
+        pipeline = share > PIPELINE_ABOVE
+        log.info("pipeline auto: a paced block takes %.0f%% of the 8 ms budget, %s %.0f%%: pipeline %s",
+                 100 * share, "over" if pipeline else "within", 100 * PIPELINE_ABOVE,
+                 "on" if pipeline else "off")
     if pipeline:
         proc = pipelined(proc)
     if max_suppression is not None:

@@ -25,13 +25,21 @@ for the job in flight and clears the history, keeping the one thread.
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from typing import Callable, Optional
 
 import numpy as np
 
-from .constants import SHIFT
+from .constants import BUDGET_NS, SHIFT
 from .engine import _DTLN, Chain, HopProcessor
+
+#: ``pipeline: auto`` (and ``bench --paced``'s advice) pipelines when the paced
+#: sequential block takes more than this share of the 8 ms budget: below it,
+#: a whole block fits in half a hop and the thread hand-off buys nothing.
+PIPELINE_ABOVE = 0.5
+#: Blocks ``pipeline: auto`` times at start-up, one per 8 ms (about 0.3 s).
+PROBE_BLOCKS = 40
 
 Front = Callable[[np.ndarray, Optional[np.ndarray]], None]
 
@@ -146,3 +154,26 @@ def pipelined(proc: HopProcessor) -> Pipelined:
         return Pipelined(proc, lambda mic, far: hop1(mic, far, mid), lambda: copyto(mid_next, mid),
                          lambda: hop2(mid_next, None, done), lambda out: copyto(out, done))
     raise TypeError(f"cannot pipeline a {type(proc).__name__}")
+
+
+def paced_share(proc: HopProcessor, blocks: int = PROBE_BLOCKS) -> float:
+    """Median time of ``blocks`` hops of low noise, one every 8 ms, as a share of the budget.
+
+    Run at start-up for ``pipeline: auto`` (never on the audio path); the
+    processor is reset afterwards.
+    """
+    rng = np.random.default_rng(0)
+    mic = (0.01 * rng.standard_normal((blocks, SHIFT))).astype(np.float32)
+    far = mic[::-1].copy() if proc.channels == 2 else None
+    out = np.zeros(SHIFT, np.float32)
+    times = np.zeros(blocks, np.int64)
+    clock = time.perf_counter_ns
+    due = clock()
+    for i in range(blocks):
+        due += BUDGET_NS
+        time.sleep(max(0, due - clock()) / 1e9)
+        t0 = clock()
+        proc.process_hop(mic[i], None if far is None else far[i], out)
+        times[i] = clock() - t0
+    proc.reset()
+    return float(np.median(times[blocks // 4:])) / BUDGET_NS  # the first blocks warm caches up

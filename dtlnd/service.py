@@ -73,7 +73,8 @@ class Daemon:
 
     @staticmethod
     def _load(s: Settings) -> engine.HopProcessor:
-        return engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads)
+        return engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads,
+                            pipeline=s.pipeline, max_suppression=s.max_suppression)
 
     def _model_label(self) -> str:
         s = self.settings
@@ -182,8 +183,7 @@ class Daemon:
         return 0
 
     def processor_runtime(self) -> str:
-        stages = getattr(self.processor, "stages", (self.processor,))
-        return stages[0].pair.runtime  # type: ignore[attr-defined]
+        return self.processor.runtime
 
     def _log_rt(self) -> None:
         p = self.pipeline
