@@ -1,16 +1,38 @@
 """The DTLN block engines: noise suppression, echo cancellation, and both.
 
-A *hop processor* takes one 128-sample hop (plus the far-end hop for echo
-cancellation) and writes 128 enhanced samples, 384 samples (three hops)
-after the input they belong to: each block's output is overlap-added, so a
-sample is final only once the three later blocks have added theirs.  This is
-the real-time path: it allocates nothing and works on the interpreters' own
-tensors.
+A *hop processor* takes one 128-sample hop of microphone (plus, when
+``channels`` is 2, the far-end reference) and writes 128 enhanced samples
+that belong to the input of ``delay`` samples earlier: 384 (three hops) for
+one stage, since each block's output is overlap-added and a sample is final
+only once the three later blocks have added theirs; 768 for ``aec+ns``; one
+hop more when pipelined (`dtlnd.pipeline`).
+
+The real-time contract of ``process_hop(mic, far, out)``, the call an audio
+callback makes every 8 ms:
+
+* The caller passes float32 arrays of 128 samples (``far`` is ignored when
+  ``channels`` is 1) and may reuse them: the processor copies its input in
+  and keeps no reference to any of the three arrays.
+* One thread calls it at a time.  The fault counters ``nonfinite`` and
+  ``resets`` are written by that thread only; other threads may read them.
+* It does no I/O, never logs, and raises nothing for any input values:
+  NaN, Inf and far over-range samples are mended by the fault guard (see
+  `_DTLN`), and the output is always finite and within ±``OUT_PEAK``.  It
+  allocates nothing, except on the guard's fault paths (bad input or a
+  broken model state), which may create small temporaries.
+* It blocks only in the pipelined processor, and only while the worker is
+  still running the previous block's second half.
+* Its time is that of the two ``invoke()`` calls plus a few microseconds;
+  nothing bounds it on a slow machine: the caller counts late blocks.
+
+``reset``, ``close`` and `build` are not real-time calls: they may allocate,
+log, or wait for a worker thread.
 
 `BlockStream` wraps a hop processor for chunks of any size (files,
 resampled devices).  To return exactly as many samples as it is given and
 stay bit-identical for every chunking, it holds one hop back, so its output
-trails the input by the hop processor's delay plus 128 samples.
+trails the input by the hop processor's delay plus 128 samples.  It slices
+its arguments, which creates small view objects on every call.
 """
 
 from __future__ import annotations
@@ -141,20 +163,7 @@ class _DTLN:
         divide_by_mag = not self.pair.mask_is_gain
         ola_add = self._ola.add
         aec = self.pair.kind == "aec"
-        # The checks: a (1, N) x (N,) product into a preallocated 1-element
-        # array, then a ufunc into a 1-element bool.  They allocate nothing
-        # (np.add.reduce does; so can a 1-D dot into a 0-d array, and
-        # math.isfinite's float), and NaN or Inf in an operand makes the
-        # product non-finite.  The (1, N) views are made once, so the output
-        # is checked in a buffer of ours before it is copied out.
-        less_equal, isfinite = np.less_equal, np.isfinite
-        hop = np.zeros(SHIFT, np.float32)
-        state_dot, hop_dot = (a.reshape(1, -1).dot for a in (st1_in, hop))
-        magnitudes = np.zeros(SHIFT, np.float32)
-        sum_of = np.ones((1, SHIFT), np.float32).dot
-        in_max, energy_max = np.full(1, IN_PEAK, np.float32), np.full(1, OUT_ENERGY, np.float32)
-        acc, flag, flag2 = np.zeros(1, np.float32), np.zeros(1, bool), np.zeros(1, bool)
-        zap, settle = self._fault_paths()
+        check_in, check_out, hop = self._guard()
         if aec:
             far_old, far_keep, far_new = self._far.views
             far_window, far_forward, far_spectrum = self._far_fft.window, self._far_fft.forward, self._far_fft.spectrum
@@ -164,11 +173,7 @@ class _DTLN:
             """Window, FFTs, model 1 and the masked spectrum (model 2 untouched)."""
             copyto(win_old, win_keep)
             copyto(win_new, mic)
-            absolute(win_new, magnitudes)
-            sum_of(magnitudes, acc)
-            less_equal(acc, in_max, flag)  # False for NaN too
-            if not flag:
-                zap(win_new)
+            check_in(win_new)
             forward()
             absolute(spectrum, mag)
             if divide_by_mag:
@@ -177,11 +182,7 @@ class _DTLN:
             if aec:
                 copyto(far_old, far_keep)
                 copyto(far_new, far)  # type: ignore[arg-type]  # AEC: far is given
-                absolute(far_new, magnitudes)
-                sum_of(magnitudes, acc)
-                less_equal(acc, in_max, flag)
-                if not flag:
-                    zap(far_new)
+                check_in(far_new)
                 far_forward()
                 absolute(far_spectrum, far_mag)
             invoke1()
@@ -202,34 +203,44 @@ class _DTLN:
             """Model 2's states carried over, its block overlap-added into ``out``, checked."""
             copyto(st2_in, st2_out)
             ola_add(hop)
-            state_dot(st2_in, acc)  # both states in one product (their shapes are equal)
-            isfinite(acc, flag)
-            hop_dot(hop, acc)
-            less_equal(acc, energy_max, flag2)  # False for NaN too
-            if not (flag and flag2):
-                settle(hop)
+            check_out(hop)
             copyto(out, hop)
 
         return front, to_model_2, invoke2, finish
 
-    def _fault_paths(self):
-        """The rare paths of the guard: zero NaN/Inf input samples; reset or clip on a bad output."""
+    def _guard(self):
+        """The fault guard's checks (the normal path) and its rare paths; see the class docstring.
+
+        A check is a (1, N) x (N,) product into a preallocated 1-element
+        array, then a ufunc into a 1-element bool: that allocates nothing
+        (np.add.reduce does; so can a 1-D dot into a 0-d array, and
+        math.isfinite's float), and NaN or Inf in an operand makes the
+        product non-finite.  The (1, N) views are made once, so the output
+        is checked in ``hop``, a buffer of ours, before it is copied out.
+        """
+        less_equal, isfinite, absolute = np.less_equal, np.isfinite, np.absolute
+        hop = np.zeros(SHIFT, np.float32)
+        m1: Any = self.pair.m1
+        m2: Any = self.pair.m2
+        st1, st2 = m1.state_in, m2.state_in
+        state_dot, hop_dot = st1.reshape(1, -1).dot, hop.reshape(1, -1).dot
+        magnitudes = np.zeros(SHIFT, np.float32)
+        sum_of = np.ones((1, SHIFT), np.float32).dot
+        in_max, energy_max = np.full(1, IN_PEAK, np.float32), np.full(1, OUT_ENERGY, np.float32)
+        acc, flag, flag2 = np.zeros(1, np.float32), np.zeros(1, bool), np.zeros(1, bool)
         ok = np.zeros(SHIFT, bool)
         zeros = np.zeros(SHIFT, np.float32)
         lo, hi = np.full(SHIFT, -OUT_PEAK, np.float32), np.full(SHIFT, OUT_PEAK, np.float32)
         in_lo, in_hi = np.full(SHIFT, -IN_PEAK, np.float32), np.full(SHIFT, IN_PEAK, np.float32)
-        m1: Any = self.pair.m1
-        m2: Any = self.pair.m2
-        st1, st2 = m1.state_in, m2.state_in
 
-        def zap(hop: np.ndarray) -> None:
-            np.isfinite(hop, ok)
+        def zap(x: np.ndarray) -> None:
+            np.isfinite(x, ok)
             bad = SHIFT - int(np.count_nonzero(ok))
             if bad:
                 np.logical_not(ok, ok)
-                np.copyto(hop, zeros, where=ok)
+                np.copyto(x, zeros, where=ok)
                 self.nonfinite += bad
-            np.clip(hop, in_lo, in_hi, hop)
+            np.clip(x, in_lo, in_hi, x)
 
         def settle(out: np.ndarray) -> None:
             if np.isfinite(st1).all() and np.isfinite(st2).all() and np.isfinite(out).all():
@@ -239,7 +250,22 @@ class _DTLN:
             out.fill(0.0)
             self.resets += 1
 
-        return zap, settle
+        def check_in(x: np.ndarray) -> None:
+            absolute(x, magnitudes)
+            sum_of(magnitudes, acc)
+            less_equal(acc, in_max, flag)  # False for NaN too
+            if not flag:
+                zap(x)
+
+        def check_out(x: np.ndarray) -> None:
+            state_dot(st2, acc)  # both states in one product (their shapes are equal)
+            isfinite(acc, flag)
+            hop_dot(x, acc)
+            less_equal(acc, energy_max, flag2)
+            if not (flag and flag2):
+                settle(x)
+
+        return check_in, check_out, hop
 
     def clear(self) -> None:
         """Forget all history: windows, overlap-add tail and LSTM states."""
