@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional, Protocol, Union
+from typing import Any, Callable, Optional, Protocol, Union
 
 import numpy as np
 
@@ -56,10 +56,13 @@ ALGORITHMIC_DELAY = 3 * SHIFT
 #: beyond it; only a louder hop is checked in full and clipped.
 OUT_PEAK = 8.0
 OUT_ENERGY = OUT_PEAK * OUT_PEAK
-#: Input samples are kept within ±IN_PEAK (+60 dBFS): a hop whose sum of
-#: magnitudes exceeds it (none of real audio does) is mended and clipped, so
-#: the models and the checks below never see values that overflow float32.
+#: Input samples are kept within ±IN_PEAK (+60 dBFS): a hop whose energy
+#: exceeds IN_ENERGY (none of real audio does) is mended and clipped, so the
+#: models and the output check never see values near float32's overflow.
+#: (Samples beyond ~1e19 overflow the input check itself, which then takes
+#: the same path, but numpy may print one RuntimeWarning about it.)
 IN_PEAK = 1000.0
+IN_ENERGY = IN_PEAK * IN_PEAK
 
 
 class HopProcessor(Protocol):
@@ -100,15 +103,16 @@ class _DTLN:
     model 2's ``invoke`` and ``finish`` (overlap-add, fault check).  The
     pipelined processor runs model 2 on another thread between them.
 
-    Fault guard, per stage: an input hop whose sum of magnitudes is not
-    finite or exceeds ``IN_PEAK`` has its NaN/Inf samples zeroed (counted
-    in ``nonfinite``, samples) and is clipped to ±``IN_PEAK``; when the
+    Fault guard, per stage: an input hop whose energy is not finite or
+    exceeds ``IN_ENERGY`` has its NaN/Inf samples zeroed (counted in
+    ``nonfinite``, samples) and is clipped to ±``IN_PEAK``; when the
     LSTM states or the output hop are not finite, this stage's windows,
     overlap-add and states are cleared and the hop is silence (counted in
     ``resets``); an output hop louder than ``OUT_ENERGY`` is clipped to
     ±``OUT_PEAK``.  The normal path costs three (1, N) x (N,) products and
-    four small ufuncs per stage (AEC: four and six) and allocates nothing; only the fault paths do (temporaries, Python
-    ints).  The thread that calls the hop is the counters' only writer.
+    three small ufuncs per stage (AEC: four and four) and allocates nothing;
+    only the fault paths do (temporaries, Python ints).  The thread that
+    calls the hop is the counters' only writer.
     """
 
     channels = 1
@@ -164,16 +168,18 @@ class _DTLN:
         ola_add = self._ola.add
         aec = self.pair.kind == "aec"
         check_in, check_out, hop = self._guard()
+        check_mic = check_in(win_new)
         if aec:
             far_old, far_keep, far_new = self._far.views
             far_window, far_forward, far_spectrum = self._far_fft.window, self._far_fft.forward, self._far_fft.spectrum
             far_mag, far_block = m1.far, m2.far
+            check_far = check_in(far_new)
 
         def front(mic: np.ndarray, far: Optional[np.ndarray]) -> None:
             """Window, FFTs, model 1 and the masked spectrum (model 2 untouched)."""
             copyto(win_old, win_keep)
             copyto(win_new, mic)
-            check_in(win_new)
+            check_mic()
             forward()
             absolute(spectrum, mag)
             if divide_by_mag:
@@ -182,7 +188,7 @@ class _DTLN:
             if aec:
                 copyto(far_old, far_keep)
                 copyto(far_new, far)  # type: ignore[arg-type]  # AEC: far is given
-                check_in(far_new)
+                check_far()
                 far_forward()
                 absolute(far_spectrum, far_mag)
             invoke1()
@@ -218,15 +224,13 @@ class _DTLN:
         product non-finite.  The (1, N) views are made once, so the output
         is checked in ``hop``, a buffer of ours, before it is copied out.
         """
-        less_equal, isfinite, absolute = np.less_equal, np.isfinite, np.absolute
+        less_equal, isfinite = np.less_equal, np.isfinite
         hop = np.zeros(SHIFT, np.float32)
         m1: Any = self.pair.m1
         m2: Any = self.pair.m2
         st1, st2 = m1.state_in, m2.state_in
         state_dot, hop_dot = st1.reshape(1, -1).dot, hop.reshape(1, -1).dot
-        magnitudes = np.zeros(SHIFT, np.float32)
-        sum_of = np.ones((1, SHIFT), np.float32).dot
-        in_max, energy_max = np.full(1, IN_PEAK, np.float32), np.full(1, OUT_ENERGY, np.float32)
+        in_max, energy_max = np.full(1, IN_ENERGY, np.float32), np.full(1, OUT_ENERGY, np.float32)
         acc, flag, flag2 = np.zeros(1, np.float32), np.zeros(1, bool), np.zeros(1, bool)
         ok = np.zeros(SHIFT, bool)
         zeros = np.zeros(SHIFT, np.float32)
@@ -250,12 +254,16 @@ class _DTLN:
             out.fill(0.0)
             self.resets += 1
 
-        def check_in(x: np.ndarray) -> None:
-            absolute(x, magnitudes)
-            sum_of(magnitudes, acc)
-            less_equal(acc, in_max, flag)  # False for NaN too
-            if not flag:
-                zap(x)
+        def check_in(x: np.ndarray) -> Callable[[], None]:
+            """The check of input buffer ``x`` (a window's newest hop)."""
+            energy = x.reshape(1, -1).dot
+
+            def check() -> None:
+                energy(x, acc)
+                less_equal(acc, in_max, flag)  # False for NaN too
+                if not flag:
+                    zap(x)
+            return check
 
         def check_out(x: np.ndarray) -> None:
             state_dot(st2, acc)  # both states in one product (their shapes are equal)
