@@ -247,10 +247,12 @@ class Daemon:
         if error is not None:
             log.error("reload failed, back to the running configuration: %s", error)
             self.settings, self.processor = old
+            processor.close()  # a pipelined processor's worker thread ends here, not in a gc pass
             error = self._reopen()
             if error is not None:
                 log.warning("the running configuration does not open either (%s); retrying", error)
             return
+        old[1].close()
         log.info("reloaded: %s", self.pipeline.describe() if self.pipeline else "")
 
     # -- reporting -----------------------------------------------------------

@@ -157,3 +157,13 @@ def test_bad_max_suppression_is_one_line(tmp_path, audio_dir):
     assert r.returncode == 64 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "--max-suppression" in r.stderr
     assert not (tmp_path / "o.wav").exists()
+
+
+def test_pipeline_auto_stays_sequential_for_a_fast_pair(models_dir, caplog):
+    """Here a paced NS block takes a few % of the budget: auto says so and does not pipeline."""
+    from dtlnd.pipeline import Pipelined
+
+    with caplog.at_level("INFO", logger="dtlnd"):
+        proc = engine.build("ns", model_dir=models_dir, pipeline="auto")
+    assert not isinstance(proc, Pipelined) and proc.delay == 384
+    assert any("pipeline auto" in r.getMessage() and "pipeline off" in r.getMessage() for r in caplog.records)

@@ -92,7 +92,8 @@ def fake(monkeypatch):
     monkeypatch.setattr(service.devices, "reinitialize", lambda: None)
     pair = SimpleNamespace(runtime="fake")
     monkeypatch.setattr(service.Daemon, "_load", staticmethod(
-        lambda s: SimpleNamespace(pair=pair, channels=1, delay=384, reset=lambda: None)))
+        lambda s: SimpleNamespace(pair=pair, channels=1, delay=384, reset=lambda: None, runtime=pair.runtime,
+                                  label="fake", close=lambda: None)))
     monkeypatch.setattr(FakePipeline, "opened", [])
     for name in ("fail", "fail_once", "delay", "close_takes", "input_on", "output_on"):
         monkeypatch.setattr(FakePipeline, name, getattr(FakePipeline, name))
