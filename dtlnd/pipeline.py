@@ -34,7 +34,7 @@ import numpy as np
 from .constants import BUDGET_NS, SHIFT
 from .engine import _DTLN, Chain, HopProcessor
 
-#: ``pipeline: auto`` (and ``bench --paced``'s advice) pipelines when the paced
+#: ``pipeline: auto`` (and ``bench --paced``'s advice) pipelines when the median paced
 #: sequential block takes more than this share of the 8 ms budget: below it,
 #: a whole block fits in half a hop and the thread hand-off buys nothing.
 PIPELINE_ABOVE = 0.5

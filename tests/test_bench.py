@@ -37,3 +37,5 @@ def test_recommendation_follows_the_rule():
     assert "--pipeline" in recommend([_row(False, 5.0, 5.0, 6.0)])[0]
     assert "too slow" in recommend([_row(False, 12.0, 12.0, 14.0), _row(True, 8.5, 8.5, 9.0)])[0]
     assert "busy or throttled" in recommend([_row(False, 1.0, 0.5, 12.0), _row(True, 0.8, 0.3, 11.0)])[0]
+    # Fast on average with a slow tail is a busy CPU, never "over half the budget".
+    assert "busy or throttled" in recommend([_row(False, 0.9, 0.45, 10.5), _row(True, 0.5, 0.26, 5.5)])[0]
