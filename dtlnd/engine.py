@@ -13,17 +13,21 @@ callback makes every 8 ms:
 * The caller passes float32 arrays of 128 samples (``far`` is ignored when
   ``channels`` is 1) and may reuse them: the processor copies its input in
   and keeps no reference to any of the three arrays.
-* One thread calls it at a time.  The fault counters ``nonfinite`` and
-  ``resets`` are written by that thread only; other threads may read them.
+* One thread calls it at a time.  Each stage's fault counters
+  (``nonfinite``, ``resets``) are written only by the thread that runs the
+  stage: the caller's, or for the NS stage of a pipelined ``aec+ns`` the
+  worker's; other threads may read them.
 * It does no I/O, never logs, and raises nothing for any input values:
   NaN, Inf and far over-range samples are mended by the fault guard (see
-  `_DTLN`), and the output is always finite and within ±``OUT_PEAK``.  It
+  `_DTLN`), and the output is always finite and within ±``OUT_PEAK`` (with
+  ``max_suppression``, plus the attenuated input, itself within ±``IN_PEAK``).  It
   allocates nothing, except on the guard's fault paths (bad input or a
   broken model state), which may create small temporaries.
 * It blocks only in the pipelined processor, and only while the worker is
   still running the previous block's second half.
-* Its time is that of the two ``invoke()`` calls plus a few microseconds;
-  nothing bounds it on a slow machine: the caller counts late blocks.
+* Its time is the two ``invoke()`` calls plus framing, FFTs and checks
+  (1.2–1.6x the bare invokes here, see ``dtlnd bench``); nothing bounds it
+  on a slow machine: the caller counts late blocks.
 
 ``reset``, ``close`` and `build` are not real-time calls: they may allocate,
 log, or wait for a worker thread.
