@@ -22,7 +22,8 @@ callback makes every 8 ms:
   `_DTLN`), and the output is always finite and within ±``OUT_PEAK`` (with
   ``max_suppression``, plus the attenuated input, itself within ±``IN_PEAK``).  It
   allocates nothing, except on the guard's fault paths (bad input or a
-  broken model state), which may create small temporaries.
+  broken model state), which may create small temporaries, and on the
+  first block after a pipelined processor's start or reset (one int).
 * It blocks only in the pipelined processor, and only while the worker is
   still running the previous block's second half.
 * Its time is the two ``invoke()`` calls plus framing, FFTs and checks

@@ -17,13 +17,17 @@ hop the caller blocks only while the worker's job for the previous block
 is still running, which in real time (one call every 8 ms) is never the
 case unless the second half takes longer than a hop.
 
-The worker thread lives as long as the processor: `close` stops and joins
+The worker takes the scheduling policy and priority of the thread that
+drives the hops (the audio callback's SCHED_FIFO, say) when the first block
+comes, so that its half is not preempted by the load the caller is
+protected from.  The worker thread lives as long as the processor: `close` stops and joins
 it (so does garbage collection of an unclosed processor); `reset` waits
 for the job in flight and clears the history, keeping the one thread.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -54,20 +58,40 @@ class _Worker:
         self.done = threading.Lock()  # free: no job in flight
         self.stopping = False
         self.error: Optional[BaseException] = None
+        #: the native id of the thread that drives the hops, once known
+        self.caller = 0
+        #: why the worker could not take the caller's scheduling, if it could not
+        self.sched_error: Optional[str] = None
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
         wait, finished, job = self.go.acquire, self.done.release, self.job
+        adopted = 0
         while True:
             wait()
             if self.stopping:
                 return
+            if self.caller != adopted:
+                adopted = self.caller
+                self._adopt_scheduling(adopted)
             try:
                 job()
             except BaseException as exc:  # handed to the caller's next hop, which raises it
                 self.error = exc
             finished()
+
+    def _adopt_scheduling(self, tid: int) -> None:
+        """Run at the caller's policy and priority (e.g. the audio callback's SCHED_FIFO).
+
+        The worker's half is on the caller's deadline: at a lower priority
+        it would be preempted by the very load the caller is protected from.
+        """
+        try:
+            os.sched_setscheduler(0, os.sched_getscheduler(tid), os.sched_getparam(tid))
+            self.sched_error = None
+        except OSError as exc:
+            self.sched_error = exc.strerror or str(exc)
 
     def stop(self) -> None:
         if not self.thread.is_alive():
@@ -121,6 +145,7 @@ class Pipelined:
         else:  # the first block has no predecessor: one hop of silence
             out.fill(0.0)
             self._primed = True
+            self._worker.caller = threading.get_native_id()  # the worker copies its scheduling
         self._handover()
         self._go()
 

@@ -167,3 +167,35 @@ def test_pipeline_auto_stays_sequential_for_a_fast_pair(models_dir, caplog):
         proc = engine.build("ns", model_dir=models_dir, pipeline="auto")
     assert not isinstance(proc, Pipelined) and proc.delay == 384
     assert any("pipeline auto" in r.getMessage() and "pipeline off" in r.getMessage() for r in caplog.records)
+
+
+def test_worker_takes_the_callers_real_time_priority(models_dir, farend):
+    """An audio thread at SCHED_FIFO drives the hops: the worker runs model 2 at the same priority."""
+    import os
+
+    proc = engine.build("aec", model_dir=models_dir, pipeline=True)
+    mic, lpb = farend
+    seen = {}
+
+    def audio_thread() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(5))
+        except OSError as exc:
+            seen["skip"] = exc.strerror
+            return
+        out = np.zeros(128, np.float32)
+        for k in range(3):
+            proc.process_hop(mic[k * 128:(k + 1) * 128], lpb[k * 128:(k + 1) * 128], out)
+        proc.sync()
+        tid = proc.worker.native_id
+        seen["policy"], seen["priority"] = os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority
+
+    t = threading.Thread(target=audio_thread)
+    t.start()
+    t.join()
+    main_policy = os.sched_getscheduler(0)
+    proc.close()
+    if "skip" in seen:
+        pytest.skip(f"no SCHED_FIFO here: {seen['skip']}")
+    assert (seen["policy"], seen["priority"]) == (os.SCHED_FIFO, 5)
+    assert main_policy == os.SCHED_OTHER  # only the worker changed, not the test process
