@@ -4,7 +4,8 @@ A hop processor whose two halves alternate on two threads: for block t the
 calling thread runs the first half (window, FFTs, model 1; for ``aec+ns``
 the whole AEC stage) while the worker still runs, or has run, the second
 half of block t−1 (model 2; for ``aec+ns`` the whole NS stage).  Each
-``invoke()`` releases the GIL, so the halves overlap; the call returns
+``invoke()`` releases the GIL (TF-Lite's Python ``Interpreter.invoke``
+documents it), so the halves overlap; the call returns
 without waiting for block t's second half, whose output is written by the
 next call.  The output is the sequential processor's, delayed by exactly
 one hop (``delay`` grows by 128), bit for bit.
@@ -20,9 +21,10 @@ case unless the second half takes longer than a hop.
 The worker takes the scheduling policy and priority of the thread that
 drives the hops (the audio callback's SCHED_FIFO, say) when the first block
 comes, so that its half is not preempted by the load the caller is
-protected from.  The worker thread lives as long as the processor: `close` stops and joins
-it (so does garbage collection of an unclosed processor); `reset` waits
-for the job in flight and clears the history, keeping the one thread.
+protected from.  The worker thread lives as long as the processor: `close`
+stops and joins it (so does garbage collection of an unclosed processor,
+but that may happen on any thread: close it); `reset` waits for the job in
+flight and clears the history, keeping the one thread.
 """
 
 from __future__ import annotations
