@@ -334,6 +334,7 @@ class AlignedProcessor:
                  start: bool = True) -> None:
         self.inner = inner
         self.stages: tuple[Any, ...] = getattr(inner, "stages", (inner,))
+        self.label, self.runtime, self.input_hop = inner.label, inner.runtime, inner.input_hop
         self.fft_backend = getattr(self.stages[0], "fft_backend", None)
         self.far_line = HopDelay(_hops(ref_delay_max))
         self.mic_line = HopDelay(_hops(align.MIC_DELAY_MAX_MS))
@@ -386,8 +387,17 @@ class AlignedProcessor:
         if self.ring is not None:
             self.ring.reset()
 
+    @property
+    def nonfinite(self) -> int:
+        return self.inner.nonfinite
+
+    @property
+    def resets(self) -> int:
+        return self.inner.resets
+
     def close(self) -> None:
         self.alignment.close()
+        self.inner.close()
 
 
 def wrap(processor: HopProcessor, mode: str, ref_delay: Union[str, float], ref_delay_max: float,
