@@ -96,14 +96,15 @@ def _offset(fn: Callable[[int], None], base: int) -> Callable[[int], None]:
     return lambda i: fn(base + i)
 
 
-def _processor(pair: runtime.ModelPair, fft: str, pipeline: bool, ref_delay: Union[str, float]) -> Any:
+def _processor(pair: runtime.ModelPair, fft: str, pipeline: bool,
+               ref_delay: Union[str, float]) -> tuple[Any, Optional[Pipelined]]:
+    """The processor to time, and its pipelined engine inside (None when sequential)."""
     from .config import Settings
     from .delayline import wrap
 
     proc: Any = NoiseSuppressor(pair, fft) if pair.kind == "ns" else EchoCanceller(pair, fft)
-    if pipeline:
-        proc = pipelined(proc)
-    return wrap(proc, pair.kind, ref_delay, Settings.ref_delay_max, Settings.ref_lead)
+    pipe = pipelined(proc) if pipeline else None
+    return wrap(pipe or proc, pair.kind, ref_delay, Settings.ref_delay_max, Settings.ref_lead), pipe
 
 
 def bench_pair(name: str, model_dir: Optional[Path], rt: str, mic: np.ndarray, far: np.ndarray,
@@ -115,9 +116,11 @@ def bench_pair(name: str, model_dir: Optional[Path], rt: str, mic: np.ndarray, f
     pipelined engine (on its own interpreters), both against the same floor.
     """
     pair = runtime.ModelPair.load(name, model_dir, rt, threads)
-    procs = [_processor(pair, fft, False, ref_delay)]
+    built = [_processor(pair, fft, False, ref_delay)]
     if pipeline:
-        procs.append(_processor(runtime.ModelPair.load(name, model_dir, rt, threads), fft, True, ref_delay))
+        built.append(_processor(runtime.ModelPair.load(name, model_dir, rt, threads), fft, True, ref_delay))
+    procs = [proc for proc, _ in built]
+    pipes = [pipe for _, pipe in built]
     hops = len(mic) // SHIFT
     mic_hops = mic[: hops * SHIFT].reshape(hops, SHIFT)
     far_hops = far[: hops * SHIFT].reshape(hops, SHIFT)
@@ -150,9 +153,8 @@ def bench_pair(name: str, model_dir: Optional[Path], rt: str, mic: np.ndarray, f
                     cpu[k] += _time_paced(block, per_round, times[k], r * per_round)
                 else:
                     _time(block, per_round, times[k], r * per_round)
-                inner = getattr(procs[k], "inner", procs[k]) if k < len(procs) else None
-                if isinstance(inner, Pipelined):
-                    inner.sync()  # its last job finishes inside this round
+                if k < len(procs) and pipes[k] is not None:
+                    pipes[k].sync()  # its last job finishes inside this round
     finally:
         gc.enable()
         for p in procs:
@@ -166,7 +168,7 @@ def bench_pair(name: str, model_dir: Optional[Path], rt: str, mic: np.ndarray, f
                                              "per audio s (worker thread, not in the engine time)")
         rows.append(BenchResult(name, pair.kind, pair.runtime, procs[0].fft_backend, threads, total, e, f,
                                 round(e.mean / f.mean, 3), round(e.mean / (BUDGET_NS / 1000.0), 4), paced,
-                                isinstance(getattr(p, "inner", p), Pipelined),
+                                pipes[k] is not None,
                                 round(cpu[k] / (total * BUDGET_NS), 4) if paced else None, aligned))
     return rows
 

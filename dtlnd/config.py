@@ -257,7 +257,8 @@ def _check_rules(key: Key, value: Any) -> None:
     if value is None:
         return
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if key.choices is not None and not is_number and value not in key.choices:
+    is_flag = isinstance(value, bool) and bool in key.base
+    if key.choices is not None and not is_number and not is_flag and value not in key.choices:
         raise ConfigError(f"{key.name}: {value!r} is not one of {', '.join(map(str, key.choices))}")
     if key.range is not None and is_number:
         lo, hi = key.range
