@@ -289,3 +289,19 @@ def test_live_double_talk_still_finds_the_echo(aec, farend, nearend):
     live(proc, mic, shifted(lpb, -200))
     assert abs(proc.alignment.lag_ms - 235.4) <= 1.0 and proc.alignment.applied_ms == 192
     aec.reset()
+
+
+def test_live_drift_is_followed_in_small_steps(aec, farend):
+    """100 -> 160 ms over 33 s: re-centred in steps under 96 ms, which only crossfade (no state reset)."""
+    mic, lpb = np.tile(farend[0], 3), np.tile(farend[1], 3)
+    n = len(mic)
+    far = np.interp(np.arange(n) + np.linspace(100, 160, n) * RATE / 1000, np.arange(n), lpb).astype(np.float32)
+    proc = delayline.AlignedProcessor(aec, "auto", 1000, 40, start=False)
+    proc.reset()
+    y = live(proc, mic, far)
+    a = proc.alignment
+    print(f"live drift 100 -> 160 ms: residual after 5 s {rms_dbfs(y[5 * RATE:]):.1f} dBFS, "
+          f"{a.tracker.changes} changes; {a.describe()}")
+    assert a.tracker.changes == 2 and a.applied_ms == 128
+    assert rms_dbfs(y[5 * RATE:]) <= -68
+    aec.reset()
