@@ -51,7 +51,7 @@ def _add_model_options(p: argparse.ArgumentParser, run: bool = False) -> None:
                        help="FFT backend (default: pyfftw when installed)")
 
 
-def _add_ref_delay_option(p: "argparse._ActionsContainer", run: bool = False) -> None:
+def _add_ref_delay_option(p: argparse._ActionsContainer, run: bool = False) -> None:
     p.add_argument("--ref-delay", metavar="auto|MS", default=None if run else "auto",
                    help="aec: delay of the far-end reference in ms (negative: delay the microphone; 0: as it "
                         "comes), or auto: measure the echo's lag and align continuously (default: auto)")
@@ -61,7 +61,7 @@ def _ref_delay(args: argparse.Namespace):
     """``--ref-delay`` checked as the config file's ``ref_delay`` is (exit 78 when wrong)."""
     from . import config
 
-    return config.check_alignment(args.ref_delay, config.Settings.ref_delay_max, config.Settings.ref_lead)
+    return config.check_alignment(args.ref_delay, config.Settings.ref_delay_max, config.Settings.ref_lead)[0]
 
 
 def _build_processor(args: argparse.Namespace):
@@ -132,9 +132,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    "0 for none (default: 20)")
     g = p.add_argument_group("echo reference alignment (aec, aec+ns)")
     _add_ref_delay_option(g, run=True)
-    g.add_argument("--ref-delay-max", type=float, metavar="MS",
+    g.add_argument("--ref-delay-max", metavar="MS",
                    help="longest echo lag behind the reference that auto searches for (default: 1000)")
-    g.add_argument("--ref-lead", type=float, metavar="MS",
+    g.add_argument("--ref-lead", metavar="MS",
                    help="how far auto makes the reference lead the echo (default: 40)")
 
 

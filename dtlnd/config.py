@@ -184,15 +184,26 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def check_alignment(ref_delay: Any, ref_delay_max: Any, ref_lead: Any) -> Union[str, float]:
-    """The ``ref_delay`` to use (``auto`` or ms), or a ConfigError naming the bad one."""
+def _milliseconds(key: str, value: Any) -> float:
+    """A number of ms from the file (a number) or the command line (text), within its field's range."""
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError
+        ms = float(value)
+    except ValueError:
+        raise ConfigError(f"{key}: expected a number of milliseconds, got {value!r}") from None
+    lo, hi = next(f.metadata["range"] for f in fields(Settings) if f.name == key)
+    if not lo <= ms <= hi:
+        raise ConfigError(f"{key}: {ms:g} ms is out of range: use {lo:g} to {hi:g} ms")
+    return ms
+
+
+def check_alignment(ref_delay: Any, ref_delay_max: Any, ref_lead: Any) -> tuple[Union[str, float], float, float]:
+    """(``ref_delay``: ``auto`` or ms, ``ref_delay_max``, ``ref_lead``) checked, or a ConfigError naming the bad one."""
     from .align import MIC_DELAY_MAX_MS, parse_ref_delay
 
-    for key, value, (lo, hi) in (("ref_delay_max", ref_delay_max, (0.0, 2000.0)), ("ref_lead", ref_lead, (0.0, 200.0))):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number of milliseconds, got {value!r}")
-        if not lo <= value <= hi:
-            raise ConfigError(f"{key}: {value:g} ms is out of range: use {lo:g} to {hi:g} ms")
+    ref_delay_max = _milliseconds("ref_delay_max", ref_delay_max)
+    ref_lead = _milliseconds("ref_lead", ref_lead)
     try:
         delay = parse_ref_delay(ref_delay)
     except ValueError:
@@ -200,7 +211,7 @@ def check_alignment(ref_delay: Any, ref_delay_max: Any, ref_lead: Any) -> Union[
     if delay != "auto" and not -MIC_DELAY_MAX_MS <= float(delay) <= ref_delay_max:
         raise ConfigError(f"ref_delay: {float(delay):g} ms is out of range: use -{MIC_DELAY_MAX_MS:g} "
                           f"(microphone delayed) to ref_delay_max ({ref_delay_max:g} ms), or auto")
-    return delay
+    return delay, ref_delay_max, ref_lead
 
 
 def _validate(s: Settings) -> Settings:
@@ -245,10 +256,8 @@ def _validate(s: Settings) -> Settings:
         if s.ref_channel % n == s.input.channel % n:
             raise bad("input.ref_channel", f"the reference and the microphone are both channel "
                       f"{s.input.channel % n}: pick another channel")
-    ref_delay = check_alignment(s.ref_delay, s.ref_delay_max, s.ref_lead)
-    if ref_delay != s.ref_delay:
-        s = replace(s, ref_delay=ref_delay)
-    return s
+    delay, delay_max, lead = check_alignment(s.ref_delay, s.ref_delay_max, s.ref_lead)
+    return replace(s, ref_delay=delay, ref_delay_max=delay_max, ref_lead=lead)
 
 
 def load(path: Optional[Path] = None, overrides: Optional[Mapping[str, Any]] = None) -> Settings:

@@ -138,7 +138,7 @@ def enhance(stream: BlockStream, mic: np.ndarray, far: Optional[np.ndarray],
     out = np.empty(n + d, np.float32)
     bounds = sorted(set(range(0, n + d, _CHUNK)) | {r for r in resets if 0 < r < n})
     first: Any = getattr(stream.processor, "stages", (stream.processor,))[0]  # the echo canceller
-    for pos, end in zip(bounds, bounds[1:] + [n + d]):
+    for pos, end in zip(bounds, [*bounds[1:], n + d]):
         if pos in resets:
             first.pair.reset()
         stream.process(mic[pos:end], None if far is None else far[pos:end], out[pos:end])

@@ -168,6 +168,8 @@ def test_constant_reference_passes_audio_as_today(aec, farend):
     ("auto", -5.0, 40.0, "ref_delay_max: -5 ms is out of range"),
     ("auto", "x", 40.0, "ref_delay_max: expected a number"),
     ("auto", 1000.0, 500.0, "ref_lead"),
+    ("auto", "nan", 40.0, "ref_delay_max: nan ms is out of range"),
+    ("auto", 1000.0, [40], "ref_lead: expected a number"),
 ])
 def test_bad_alignment_settings_are_config_errors(delay, dmax, lead, message):
     with pytest.raises(ConfigError, match=message):
@@ -183,8 +185,13 @@ def test_alignment_settings_from_file_and_flags(tmp_path):
     f.write_text("ref_delay: 600\nref_delay_max: 500\n")
     r = dtlnd("config", "check", f)
     assert r.returncode == 78 and r.stderr.count("\n") == 1 and "ref_delay: 600 ms" in r.stderr, r.stderr
-    r = dtlnd("run", "--mode", "aec", "--ref-delay", "soon", "--duration", "1")
-    assert r.returncode == 78 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    for flag, value, message in (("--ref-delay", "soon", "ref_delay: 'soon' is neither"),
+                                 ("--ref-delay-max", "-1", "ref_delay_max: -1 ms is out of range"),
+                                 ("--ref-lead", "far", "ref_lead: expected a number")):
+        r = dtlnd("run", "--mode", "aec", flag, value, "--duration", "1")
+        assert r.returncode == 78 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+    s = config.load(None, {"ref_delay_max": "500", "ref_lead": "30", "ref_delay": "-20"})
+    assert (s.ref_delay, s.ref_delay_max, s.ref_lead) == (-20.0, 500.0, 30.0)
 
 
 def test_process_prints_the_delay_it_applied(tmp_path, farend):
