@@ -300,8 +300,25 @@ class FixedAlignment(_Shifts):
         pass
 
 
+def echo_stage(processor: Any) -> Any:
+    """The echo canceller inside ``processor``: itself, a chain's first stage, or what a wrapper wraps."""
+    p = processor
+    for _ in range(8):
+        if hasattr(p, "pair"):
+            return p
+        stages = getattr(p, "stages", None)
+        p = stages[0] if stages else getattr(p, "inner", None)
+        if p is None:
+            break
+    raise TypeError(f"{type(processor).__name__} holds no model pair to align the reference for")
+
+
 class AlignedProcessor:
-    """An echo-cancelling hop processor behind reference and microphone delay lines."""
+    """An echo-cancelling hop processor behind reference and microphone delay lines.
+
+    Anything else asked of it (label, runtime, fault counters) is the inner
+    processor's.
+    """
 
     channels = 2
 
@@ -309,7 +326,7 @@ class AlignedProcessor:
                  start: bool = True) -> None:
         self.inner = inner
         self.stages: tuple[Any, ...] = getattr(inner, "stages", (inner,))
-        self.fft_backend = getattr(self.stages[0], "fft_backend", None)
+        self.fft_backend = getattr(echo_stage(inner), "fft_backend", None)
         self.far_line = HopDelay(_hops(ref_delay_max))
         self.mic_line = HopDelay(_hops(align.MIC_DELAY_MAX_MS))
         self._inner_hop = inner.process_hop
@@ -332,7 +349,7 @@ class AlignedProcessor:
         # overlap-add stay, so the output does not jump).  Measured: after a
         # 296 ms shift the residual is under -60 dBFS 3 s in with the reset,
         # 6 s without; after a 48 or 72 ms one the reset costs 3-5 dB.
-        reset_states = self.stages[0].pair.reset
+        reset_states = echo_stage(self.inner).pair.reset
 
         def process_hop(mic: np.ndarray, far: np.ndarray, out: np.ndarray) -> None:
             if mic_line.target != mic_line.hops or far_line.target != far_line.hops:
@@ -354,6 +371,14 @@ class AlignedProcessor:
 
     def close(self) -> None:
         self.alignment.close()
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (during __init__): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
 
 def wrap(processor: HopProcessor, mode: str, ref_delay: Union[str, float], ref_delay_max: float,

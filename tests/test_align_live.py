@@ -305,3 +305,24 @@ def test_live_drift_is_followed_in_small_steps(aec, farend):
     assert a.tracker.changes == 2 and a.applied_ms == 128
     assert rms_dbfs(y[5 * RATE:]) <= -68
     aec.reset()
+
+
+def test_wrapper_finds_the_echo_canceller_and_forwards_the_rest(aec):
+    """Behind another wrapper (as a suppression limit wraps the engine) and for what it does not own."""
+
+    class Outer:
+        def __init__(self, inner):
+            self.inner, self.channels, self.delay = inner, 2, inner.delay
+            self.label, self.nonfinite = "outer", 3
+            self.process_hop = inner.process_hop
+
+        def reset(self):
+            self.inner.reset()
+
+    proc = delayline.AlignedProcessor(Outer(aec), "auto", 1000, 40, start=False)
+    assert delayline.echo_stage(proc) is aec
+    assert (proc.label, proc.nonfinite) == ("outer", 3)
+    with pytest.raises(AttributeError):
+        proc.no_such_thing  # noqa: B018
+    with pytest.raises(TypeError, match="no model pair"):
+        delayline.AlignedProcessor(object(), "auto", 1000, 40, start=False)
