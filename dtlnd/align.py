@@ -45,7 +45,7 @@ CONFIDENCE_MIN = 12.0
 VOTES = 2
 AGREE_MS = 2.0
 #: Keep the alignment while the lead it gives is within this of ``ref_lead``.  The curve is flat
-#: (-70 to -73 dBFS) for leads of 8-100 ms, but under drift a band of -24/+48 ms measured 6 dB worse.
+#: (-69 to -73 dBFS) for leads of 8-100 ms, but under drift a band of -24/+48 ms measured 6 dB worse.
 HOLD_MS = 24.0
 #: A change of more hops than this (96 ms) also zeroes the echo canceller's LSTM states: they had
 #: adapted to a reference too far off to cancel.  Smaller ones (drift, a re-centre) only crossfade.
