@@ -206,12 +206,14 @@ class Aligner(_Shifts):
             if not (np.isfinite(mic).all() and np.isfinite(far).all()):  # NaN would blank every window holding it
                 mic, far = (np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) for x in (mic, far))
             self._watch_reference(mic, far)
+            time.sleep(0)  # let the audio thread have the GIL between steps (CPython forces it only every 5 ms)
             dec = self._dec.resample_chunk(np.stack([mic, far], axis=1))
             self._buf = np.concatenate([self._buf, dec])[-self._win:]
             self._since += len(dec)
             self.audio_s += len(mic) / RATE
             if self._since >= self._step and len(self._buf) >= self._win:
                 self._since = 0
+                time.sleep(0)
                 self._estimate()
         self.cpu_s += time.thread_time() - t0
 
