@@ -326,3 +326,28 @@ def test_wrapper_finds_the_echo_canceller_and_forwards_the_rest(aec):
         proc.no_such_thing  # noqa: B018
     with pytest.raises(TypeError, match="no model pair"):
         delayline.AlignedProcessor(object(), "auto", 1000, 40, start=False)
+
+
+def test_estimator_starts_over_after_a_stall_that_wrapped_the_lines(aec, farend):
+    """The worker was held up (SIGSTOP, a busy CPU) longer than the 2 s the lines hold: told so, it
+    takes all they hold (not the few hops the wrapped position suggests), keeps the alignment it
+    had, and goes on estimating."""
+    mic, lpb = farend
+    far = shifted(lpb, -300)
+    proc = delayline.AlignedProcessor(aec, "auto", 1000, 40, start=False)
+    proc.reset()
+    a = proc.alignment
+    out = np.zeros(128, np.float32)
+    stall = range(400, 400 + delayline.SIZE + 60)  # hops with no look: more than the lines hold
+    for k in range(len(mic) // 128):
+        s = slice(k * 128, (k + 1) * 128)
+        proc.process_hop(mic[s], far[s], out)
+        if k == stall[-1]:
+            before = a.audio_s
+            a.poll(overrun=True)
+            assert a.audio_s - before == pytest.approx((delayline.SIZE - 8) * 128 / RATE)
+        elif k % 31 == 30 and k not in stall:
+            a.poll()
+    assert a.lag_ms is not None and abs(a.lag_ms - 335.4) <= 1.0 and a.state == "locked"
+    assert a.tracker.changes == 1 and a.applied_ms == 296
+    aec.reset()
