@@ -55,7 +55,8 @@ class LostTime:
     arrives, but a loss raises it for good.  The minimum deficit over each
     window of 32 callbacks (~0.26 s) is the floor; a floor higher than the
     last one by more than one block is counted as lost time
-    (``stats.gap_samples`` in 16 kHz samples, ``stats.gaps`` times).  The
+    (``stats.gap_samples`` in 16 kHz samples; ``stats.gaps`` counts losses,
+    a rise over two windows in a row being one).  The
     floor follows slow drift between the device's crystal and the system
     clock both ways (0.1 % is 4 samples per window), so drift is never a gap.
     """
@@ -74,6 +75,7 @@ class LostTime:
         self._floor = -1 << 62  # none yet
         self._min = 1 << 62
         self._count = 0
+        self._rising = False
 
     def note(self, now_ns: int, frames: int) -> None:
         """One callback at ``now_ns`` (monotonic) that brought ``frames`` frames."""
@@ -86,9 +88,11 @@ class LostTime:
         self._count += 1
         if self._count == self.WINDOW:
             floor = self._min
-            if self._floor != -1 << 62 and floor - self._floor > self._threshold:
-                self.stats.gaps += 1
-                self.stats.gap_samples += (floor - self._floor) * RATE // self.rate
+            rise = floor - self._floor if self._floor != -1 << 62 else 0
+            if rise > self._threshold:
+                self.stats.gaps += 0 if self._rising else 1  # one loss may span two windows
+                self.stats.gap_samples += rise * RATE // self.rate
+            self._rising = rise > self._threshold
             self._floor = floor
             self._min = 1 << 62
             self._count = 0
