@@ -181,12 +181,36 @@ def pick_rate(device: Device, kind: str, wanted: Optional[int], channels: int) -
     return native
 
 
+_EBUSY = 16  # errno: ALSA's snd_pcm_open on a PCM another program holds; PortAudio: paDeviceUnavailable
+
+
+def open_error(kind: str, device: Device, exc: Exception) -> DeviceError:
+    """One line for a stream that PortAudio could not open or start (``exc``: its PortAudioError).
+
+    A device another program holds (ALSA ``hw:`` PCMs are exclusive) says so
+    and what to do; anything else names the device and PortAudio's reason.
+    """
+    args = getattr(exc, "args", ())
+    code = args[1] if len(args) > 1 and isinstance(args[1], int) else None
+    host = args[2] if len(args) > 2 and isinstance(args[2], tuple) else None
+    text = str(args[0]) if args else str(exc)
+    busy = code == -9985 or (host is not None and len(host) > 1 and host[1] == -_EBUSY) or "busy" in text.lower()
+    if busy:
+        return DeviceError(f"{kind} device {device.name!r}: Device or resource busy: stop the program holding "
+                           "it, or use the dsnoop/pipewire PCM (for the output: dmix/pipewire)")
+    reason = f"{text} (host error {host[1]}: {host[2]})" if host is not None and len(host) > 2 else text
+    return DeviceError(f"{kind} device {device.name!r} could not be opened: {reason}: check {kind}.device, "
+                       f"{kind}.rate and {kind}.channels against 'dtlnd devices'")
+
+
 def describe() -> str:
     """The table ``dtlnd devices`` prints."""
     rows = [f"{'idx':>3}  {'in':>3} {'out':>3}  {'16k in':>6} {'16k out':>7}  name"]
     for d in list_devices():
-        ins = "yes" if d.max_input_channels and supports_rate(d, "input", RATE) else ("no" if d.max_input_channels else "-")
-        outs = "yes" if d.max_output_channels and supports_rate(d, "output", RATE) else ("no" if d.max_output_channels else "-")
+        ins = ("yes" if d.max_input_channels and supports_rate(d, "input", RATE)
+               else ("no" if d.max_input_channels else "-"))
+        outs = ("yes" if d.max_output_channels and supports_rate(d, "output", RATE)
+                else ("no" if d.max_output_channels else "-"))
         rows.append(f"{d.index:>3}  {d.max_input_channels:>3} {d.max_output_channels:>3}  {ins:>6} {outs:>7}  "
                     f"{d.name} (default {int(d.default_rate)} Hz)")
     return "\n".join(rows)

@@ -141,7 +141,7 @@ def test_after_a_hiccup_latency_is_back_within_a_second_and_exact_between(rig, s
     consumer = Recorder(rig, tmp_path / "consumer.raw")  # a second consumer of the loopback, to stop
     rec = Recorder(rig, tmp_path / "loop.raw")
     time.sleep(0.3)
-    d = daemon(rig, "--input", "rig_file_mic_in", "--model", MODEL, *OUT, "--measure", "--duration", "10",
+    d = daemon(rig, "--input", "rig_file_mic_in", "--model", MODEL, *OUT, "--measure", "--duration", "16",
                env=rig.with_env(RIG_IN_FILE=str(raw)))
     d.wait_for("audio flowing")
     t_flow = d.lines("audio flowing")[0][0]
