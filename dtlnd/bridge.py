@@ -220,7 +220,7 @@ class ClockBridge:
 
         Learned anew: the callbacks' phase may have moved by a fraction of a block.
         """
-        k = round((fill - self._home0) / self.block)
+        k = round((fill - (self.home if self._home0 is None else self._home0)) / self.block)
         self.mean_fill = self.fast_fill = fill
         if k:
             self._shift(k)

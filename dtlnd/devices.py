@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from .constants import RATE
 from .errors import DeviceError
@@ -190,15 +190,15 @@ def open_error(kind: str, device: Device, exc: Exception) -> DeviceError:
     A device another program holds (ALSA ``hw:`` PCMs are exclusive) says so
     and what to do; anything else names the device and PortAudio's reason.
     """
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
     code = args[1] if len(args) > 1 and isinstance(args[1], int) else None
-    host = args[2] if len(args) > 2 and isinstance(args[2], tuple) else None
+    host: tuple[Any, ...] = args[2] if len(args) > 2 and isinstance(args[2], tuple) and len(args[2]) > 2 else ()
     text = str(args[0]) if args else str(exc)
-    busy = code == -9985 or (host is not None and len(host) > 1 and host[1] == -_EBUSY) or "busy" in text.lower()
+    busy = code == -9985 or (host and host[1] == -_EBUSY) or "busy" in text.lower()
     if busy:
         return DeviceError(f"{kind} device {device.name!r}: Device or resource busy: stop the program holding "
                            "it, or use the dsnoop/pipewire PCM (for the output: dmix/pipewire)")
-    reason = f"{text} (host error {host[1]}: {host[2]})" if host is not None and len(host) > 2 else text
+    reason = f"{text} (host error {host[1]}: {host[2]})" if host else text
     return DeviceError(f"{kind} device {device.name!r} could not be opened: {reason}: check {kind}.device, "
                        f"{kind}.rate and {kind}.channels against 'dtlnd devices'")
 
