@@ -67,14 +67,16 @@ def require_rig(shared: Path) -> Path:
 class Rig:
     """One jackd + buses under a unique server name, with its run folder in ``root``."""
 
-    def __init__(self, folder: Path, root: Path, label: str = "t") -> None:
+    def __init__(self, folder: Path, root: Path, label: str = "t", rate: int = RATE, period: int = 128) -> None:
         self.folder = folder
+        self.rate = rate
         self.server = f"dtlnd_{label}_{uuid.uuid4().hex[:8]}"
         self.run_dir = root / "rig"
         self.alsa_conf = root / "asoundrc.test"
         # The rig's PCMs plus the probe; asoundrc.rig itself pulls in alsa.conf.
         self.alsa_conf.write_text(f"<{folder / 'asoundrc.rig'}>\n{PROBE_PCM}")
-        base = dict(os.environ, RIG_JACK_SERVER=self.server, RIG_RUN_DIR=str(self.run_dir))
+        base = dict(os.environ, RIG_JACK_SERVER=self.server, RIG_RUN_DIR=str(self.run_dir), RIG_RATE=str(rate),
+                    RIG_PERIOD=str(period))
         self._script_env = base
         out = subprocess.run([str(folder / "rig.sh"), "env"], env=base, check=True, capture_output=True,
                              text=True).stdout
@@ -210,7 +212,7 @@ class Recorder:
     def __init__(self, rig: Rig, path: Path, pcm: str = "rig_loop_rec", channels: int = 1) -> None:
         self.path, self.channels = path, channels
         self.started = time.monotonic()
-        self.p = subprocess.Popen(["arecord", "-q", "-D", pcm, "-f", "FLOAT_LE", "-r", str(RATE), "-c",
+        self.p = subprocess.Popen(["arecord", "-q", "-D", pcm, "-f", "FLOAT_LE", "-r", str(rig.rate), "-c",
                                    str(channels), "-t", "raw", str(path)], env=rig.env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         _started.append(self.p)

@@ -196,7 +196,7 @@ def test_a_step_in_the_fill_is_undone_by_whole_blocks_within_a_second(case, kwar
 def test_callback_order_flipping_on_one_clock_is_not_drift():
     """Which callback runs first in a cycle moves the fill a reader sees by a block: never corrected."""
     bridge = ClockBridge(target=TARGET)
-    out, fills = one_clock(bridge, 30.0, flips=0.3)
+    out, _ = one_clock(bridge, 30.0, flips=0.3)
     assert not bridge.engaged and bridge.ratio == 1.0
     assert bridge.dropped == bridge.inserted == bridge.missed == bridge.resyncs == 0
     played = out[out != 0]

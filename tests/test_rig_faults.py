@@ -22,8 +22,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 from audio_util import read
-from rig import (RATE, Proc, Recorder, Rig, daemon, exact_at, kill_leftovers, play, require_rig, summary_field,
-                 window_delays, write_raw)
+from rig import (
+    RATE,
+    Proc,
+    Recorder,
+    Rig,
+    daemon,
+    exact_at,
+    kill_leftovers,
+    require_rig,
+    summary_field,
+    write_raw,
+)
 
 SOURCES = ("DLhjtuwiEkS-68TsUVvW5g_nearend_singletalk_mic.wav", "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk_mic.wav",
            "airconditioning.wav", "DLhjtuwiEkS-68TsUVvW5g_nearend_singletalk_lpb.wav",
@@ -121,7 +131,7 @@ def finish(d: Proc, timeout: float = 30) -> int:
         return d.wait(timeout)
     except subprocess.TimeoutExpired:
         d.kill()
-        raise AssertionError(f"dtlnd did not end within {timeout} s of its duration:\n{d.stderr}\n{d.stdout}")
+        raise AssertionError(f"dtlnd did not end within {timeout} s of its duration:\n{d.stderr}\n{d.stdout}") from None
 
 
 def buffer_ms(d: Proc) -> list[tuple[float, float]]:
@@ -175,7 +185,7 @@ def test_after_a_hiccup_latency_is_back_within_a_second_and_exact_between(rig, s
         after = [ms for t, ms in reports if end + 1.0 <= t < end + 2.5]
         assert after and all(abs(ms - before[-1]) <= 10 for ms in after), \
             f"{kind}: buffer {before[-1]} ms before, {after} ms a second after\n{d.stdout}"
-    ms, gaps = summary_field(d.stdout, r"^\s+lost input: (\d+) ms in (\d+) gaps")
+    _, gaps = summary_field(d.stdout, r"^\s+lost input: (\d+) ms in (\d+) gaps")
     if kind in ("cpu_hog", "consumer_stopped"):
         assert gaps == 0, f"{kind}: lost input\n{d.stdout}"
     else:
