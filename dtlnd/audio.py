@@ -8,8 +8,28 @@ so the output callback is never held up by it.  A block that is not ready
 when the output needs it is played as silence and counted (the bridge's
 deadline policy).
 
-Callbacks never log, raise or wait on locks: errors are stored for the
-supervisor, counters are plain integers.
+Callback duties (what the two callbacks do, and all they do):
+
+* The input callback counts PortAudio's overflow flag, checks the stream
+  for lost time (`LostTime`), converts the device rate to 16 kHz when it
+  is not 16 kHz, runs the engine on one 128-sample hop, writes the result
+  to the bridge and records the block's time in the stats ring.
+* The output callback counts the underflow flag, reads one hop from the
+  bridge, converts 16 kHz to the device rate when needed, scales to the
+  output format (round, clip) and copies it to every output channel.
+* Neither logs, takes a lock, waits, or lets an exception out: an
+  exception is counted in ``stats.callback_errors`` and kept in
+  ``stats.last_error`` for the supervisor, and the output plays silence.
+  Counters are plain integers, each with one writer.
+* At 16 kHz and at 2-6 x 16 kHz (48 kHz: `dtlnd.resample.Polyphase`) they
+  allocate no array: every buffer is made in ``__init__`` and numpy writes
+  into it with ``out=`` (tests/test_rt_alloc.py counts numpy buffers at
+  every C call).  They still make small Python objects: the column views
+  of PortAudio's ``indata`` and ints from the clock.  Any other input rate
+  goes through soxr and the any-size engine path, which allocate per
+  call; other output rates are refused at open.
+* The first call of each callback asks for SCHED_FIFO for its thread
+  (one system call) and stores what happened for the supervisor's log.
 """
 
 from __future__ import annotations
