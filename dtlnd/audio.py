@@ -27,7 +27,8 @@ Callback duties (what the two callbacks do, and all they do):
   every C call).  They still make small Python objects: the column views
   of PortAudio's ``indata`` and ints from the clock.  Any other input rate
   goes through soxr and the any-size engine path, which allocate per
-  call; other output rates are refused at open.
+  call, and so does the output of any other rate (soxr behind a FIFO,
+  `dtlnd.resample.OutputFifo`).
 * The first call of each callback asks for SCHED_FIFO for its thread
   (one system call) and stores what happened for the supervisor's log.
 """
@@ -138,6 +139,9 @@ class AudioPipeline:
         self.mic_ch = s.input.channel % n_in
         self.far_ch = s.ref_channel % n_in if processor.channels == 2 else None
         target = s.buffer_blocks * SHIFT + SHIFT // 2  # + half a block: the clocks' phase sweep
+        if (self.in_rate != RATE and not resample.integer_factor(self.in_rate)) or \
+                (self.out_rate != RATE and not resample.integer_factor(self.out_rate)):
+            target += 2 * SHIFT  # soxr's chunks come and go in uneven sizes
         self.bridge = ClockBridge(target=target, block=SHIFT, stats=stats)
         self._lost = LostTime(self.in_rate, stats)
         self._hop_read = np.zeros(SHIFT, np.float32)
@@ -162,11 +166,13 @@ class AudioPipeline:
             self._up = resample.Polyphase(f_out, up=True)
             log.info("output %s runs at %d Hz: resampling from 16000 Hz in process (FIR %d:1)",
                      self.out_dev.name, self.out_rate, f_out)
-        elif self.out_rate != RATE:
-            raise DeviceError(f"output device {self.out_dev.name!r} runs at {self.out_rate} Hz: only 16000 Hz and "
-                              "its multiples (32000, 48000, 96000) are supported for output; set output.rate")
+        self._out_fifo: Optional[resample.OutputFifo] = None
+        if not f_out and self.out_rate != RATE:
+            self._out_fifo = resample.OutputFifo(self.out_rate)
+            log.info("output %s runs at %d Hz: resampling from 16000 Hz in process (soxr)",
+                     self.out_dev.name, self.out_rate)
         dtype = FORMATS[s.output.format]
-        out_block = SHIFT * (f_out or 1)
+        out_block = self._out_fifo.frames if self._out_fifo is not None else SHIFT * (f_out or 1)
         in_block = SHIFT * f_in if f_in else max(1, round(SHIFT * self.in_rate / RATE))
         self._out_hi = np.zeros(out_block, np.float32)
         self._out_scaled = np.zeros(out_block, np.float32)
@@ -251,7 +257,9 @@ class AudioPipeline:
             if not self._rt["output"]:
                 self._realtime("output")
             buf = self._out_hi
-            if self._up is not None:
+            if self._out_fifo is not None:
+                self._out_fifo.fill(self.bridge, buf)
+            elif self._up is not None:
                 self.bridge.read(self._hop_read)
                 self._up.process(self._hop_read, buf)
             else:
@@ -275,7 +283,7 @@ class AudioPipeline:
         self.processor.reset()
         self.bridge.reset()
         self._lost.reset()
-        for r in (self._down, self._down_far, self._up):
+        for r in (self._down, self._down_far, self._up, self._out_fifo):
             if r is not None:
                 r.reset()
         sd = devices.sd()
@@ -313,7 +321,7 @@ class AudioPipeline:
         cross-correlation of input and output.
         """
         algorithmic = (self.processor.delay + (SHIFT if self._stream_in is not None else 0)
-                       + sum(r.delay for r in (self._down, self._up) if r is not None))
+                       + sum(r.delay for r in (self._down, self._up, self._out_fifo) if r is not None))
         return Latency(
             algorithmic=1000.0 * algorithmic / RATE,
             input=1000.0 * self.input_stream.blocksize / self.in_rate,

@@ -237,7 +237,11 @@ class ClockBridge:
             return
         home = self._settle_sum / self._settle_reads
         if self._home0 is None:
-            self._home0 = home  # the fill priming gave, seen at the callbacks' phase
+            # The fill priming gave, seen at the callbacks' phase; more than 1.5 blocks off the
+            # target it is a start-up burst, not phase: back to the target by whole blocks first.
+            off = home - self.target
+            k0 = round(off / self.block) if abs(off) > self.block + self.block // 2 else 0
+            self._home0 = home - k0 * self.block
         k = round((home - self._home0) / self.block)
         self.home = home - k * self.block
         self.mean_fill = self.fast_fill = home

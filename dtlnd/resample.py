@@ -16,6 +16,8 @@ that path allocates per callback, and says so in its docstring.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -99,6 +101,48 @@ class SoxrStream:
 
     def process(self, x: np.ndarray) -> np.ndarray:
         return self._s.resample_chunk(np.ascontiguousarray(x, np.float32))
+
+
+class OutputFifo:
+    """16 kHz from the bridge to any other output rate, in whole output periods of 10 ms.
+
+    The period is ``rate / 100`` frames (441 at 44.1 kHz) and takes 160
+    samples from the bridge on average; soxr returns a varying count per
+    chunk, so its output queues here until a period is complete.  The
+    FIFO's mean fill (about half a period) and soxr's delay are in
+    ``delay``.  Allocates per call (soxr), unlike `Polyphase`.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.frames = rate // 100
+        self._soxr = SoxrStream(RATE, rate, 1)
+        self._hop = np.zeros(RATE // 100, np.float32)
+        self._q = np.zeros(4 * self.frames + 4096, np.float32)
+        self._n = 0
+        self.delay = RATE / 100  # the silent pre-roll plus half a period, about, in 16 kHz samples
+
+    def reset(self) -> None:
+        """Empty, then pre-roll soxr with silence so that its start-up delay takes nothing from the bridge."""
+        self._n = 0
+        self._soxr = SoxrStream(RATE, self.rate, 1)
+        self._hop.fill(0.0)
+        while self._n < self.frames:
+            y = self._soxr.process(self._hop[:, None])[:, 0]
+            self._q[self._n:self._n + len(y)] = y
+            self._n += len(y)
+
+    def fill(self, bridge: Any, out: np.ndarray) -> None:
+        """``out`` (``frames`` samples) from the bridge, through soxr."""
+        while self._n < self.frames:
+            bridge.read(self._hop)
+            y = self._soxr.process(self._hop[:, None])[:, 0]
+            self._q[self._n:self._n + len(y)] = y
+            self._n += len(y)
+        out[:] = self._q[:self.frames]
+        rest = self._n - self.frames
+        self._q[:rest] = self._q[self.frames:self._n]
+        self._n = rest
 
 
 def integer_factor(rate: int) -> int:
