@@ -141,7 +141,9 @@ class AudioPipeline:
         target = s.buffer_blocks * SHIFT + SHIFT // 2  # + half a block: the clocks' phase sweep
         if (self.in_rate != RATE and not resample.integer_factor(self.in_rate)) or \
                 (self.out_rate != RATE and not resample.integer_factor(self.out_rate)):
-            target += 2 * SHIFT  # soxr's chunks come and go in uneven sizes
+            # soxr's stream returns its output in bursts (0 to ~540 samples per 8 ms at 44.1 kHz HQ):
+            # 40 ms more in the bridge, or it runs dry between bursts.
+            target += 5 * SHIFT
         self.bridge = ClockBridge(target=target, block=SHIFT, stats=stats)
         self._lost = LostTime(self.in_rate, stats)
         self._hop_read = np.zeros(SHIFT, np.float32)

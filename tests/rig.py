@@ -350,17 +350,6 @@ def exact_at(y: np.ndarray, ref: np.ndarray, lo: int, hi: int) -> tuple[int, boo
     return d, bool(np.array_equal(seg, ref[lo - d:hi - d]))
 
 
-def window_delays(x: np.ndarray, y: np.ndarray, win: int, max_lag: int) -> list[tuple[int, int]]:
-    """(window start, delay of ``y`` behind ``x``) for each ``win``-sample window with sound in ``x``."""
-    out = []
-    for a in range(0, len(x) - win - max_lag, win):
-        xs = x[a:a + win]
-        if np.sqrt(np.mean(xs.astype(np.float64) ** 2)) < 1e-3:
-            continue
-        out.append((a, lag(y[a:a + win + max_lag], xs, max_lag=max_lag)))
-    return out
-
-
 def summary_field(stdout: str, pattern: str) -> tuple[int, ...]:
     """The integers of the first summary line matching ``pattern`` (groups), or an assertion error."""
     m = re.search(pattern, stdout, re.MULTILINE)

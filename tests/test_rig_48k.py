@@ -148,8 +148,12 @@ def test_ns_at_44k1_both_ways_through_soxr(audio_dir, tmp_path):
     assert "runs at 44100 Hz: resampling to 16000 Hz in process (soxr)" in d.stderr, d.stderr
     assert "runs at 44100 Hz: resampling from 16000 Hz in process (soxr)" in d.stderr, d.stderr
     assert status == 0 or "result: OK" not in d.stdout, d.stdout
-    y = soxr.resample(y44[np.flatnonzero(np.abs(y44) > 1e-6)[0]:], 44100, 16000).astype(np.float32)
-    lag_ = lag(y, ref)
-    lo, hi = max(lag_, 0) + 16000, min(len(y), lag_ + len(ref)) - 1600
-    snr = snr_db(ref[lo - lag_:hi - lag_], y[lo:hi])
-    assert snr >= 20, f"44.1 kHz loopback vs process: SNR {snr:.1f} dB\n{d.stdout}"
+    # Compared at 44.1 kHz: 44.1 / 16 has no common grid, so a 16 kHz comparison would be off by a fraction
+    # of a sample.  Over the best second: misses (which the daemon must then report) leave zeros elsewhere.
+    ref44 = soxr.resample(ref, 16000, 44100).astype(np.float32)
+    y = y44[np.flatnonzero(np.abs(y44) > 1e-6)[0]:]
+    d_ = lag(y, ref44)
+    snrs = [snr_db(ref44[a - d_:a - d_ + 44100], y[a:a + 44100])
+            for a in range(max(d_, 0) + 44100, min(len(y), d_ + len(ref44)) - 2 * 44100, 22050)]
+    assert snrs and max(snrs) >= 20, f"44.1 kHz loopback vs process: SNR {np.round(snrs, 1)} dB\n{d.stdout}"
+    assert min(snrs) >= 20 or "result: OK" not in d.stdout, f"SNR {np.round(snrs, 1)} dB, and OK:\n{d.stdout}"
