@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Optional
 
@@ -301,14 +302,32 @@ class AudioPipeline:
     def active(self) -> bool:
         return bool(self.input_stream.active and self.output_stream.active)
 
-    def close(self) -> None:
-        """Stop both streams now (abort: nothing to drain on a live stream)."""
-        for stream in (self.input_stream, self.output_stream):
-            try:
-                stream.abort()
-                stream.close()
-            except Exception as exc:
-                log.debug("closing %s: %s", stream, exc)
+    def close(self, timeout: float = 2.0) -> bool:
+        """Stop both streams now (abort: nothing to drain on a live stream); False if the driver blocked it.
+
+        A close can block in the driver: on JACK, after the process was
+        stopped (SIGSTOP) while other clients ran, ``snd_pcm_close`` waits on
+        the server for good.  After ``timeout`` s the close is left to its
+        helper thread and PortAudio is marked wedged (`devices.wedged`), so
+        neither a reinitialisation nor the shutdown at exit waits on it too.
+        """
+        done = threading.Event()
+
+        def run() -> None:
+            for stream in (self.input_stream, self.output_stream):
+                try:
+                    stream.abort()
+                    stream.close()
+                except Exception as exc:
+                    log.debug("closing %s: %s", stream, exc)
+            done.set()
+
+        threading.Thread(target=run, name="dtlnd-close", daemon=True).start()
+        if done.wait(timeout):
+            return True
+        log.warning("closing the audio streams is blocked in the driver after %.1f s: left behind", timeout)
+        devices.wedged()
+        return False
 
     def latency(self) -> Latency:
         """Microphone-to-loopback delay.

@@ -58,10 +58,12 @@ def reinitialize() -> bool:
     aborts in Pa_Terminate then (PortAudio #819).  The old list is kept (ALSA
     PCM names stay valid; only a USB card that comes back under a new number
     is missed) and PortAudio's own shutdown at exit is skipped too, for the
-    same reason.  Returns whether it restarted.
+    same reason, and after a close that blocked (`wedged`).  Returns whether it restarted.
     """
     global _jack_server
     s = sd()
+    if _wedged:
+        return False
     if _jack_server is not None and _jack_server_identity() != _jack_server:
         atexit.unregister(s._exit_handler)
         return False
@@ -69,6 +71,20 @@ def reinitialize() -> bool:
     s._initialize()
     _jack_server = _jack_server_identity()
     return True
+
+
+_wedged = False  # a stream close blocked in the driver: PortAudio must not be terminated
+
+
+def wedged() -> None:
+    """A stream could not be closed: never terminate PortAudio again (it would block on that stream).
+
+    The device list is kept as it is, and PortAudio's shutdown at exit is skipped.
+    """
+    global _wedged
+    if not _wedged:
+        _wedged = True
+        atexit.unregister(sd()._exit_handler)
 
 
 @dataclass(frozen=True)
