@@ -153,8 +153,9 @@ def bench_pair(name: str, model_dir: Optional[Path], rt: str, mic: np.ndarray, f
                     cpu[k] += _time_paced(block, per_round, times[k], r * per_round)
                 else:
                     _time(block, per_round, times[k], r * per_round)
-                if k < len(procs) and pipes[k] is not None:
-                    pipes[k].sync()  # its last job finishes inside this round
+                pipe = pipes[k] if k < len(procs) else None
+                if pipe is not None:
+                    pipe.sync()  # its last job finishes inside this round
     finally:
         gc.enable()
         for p in procs:
