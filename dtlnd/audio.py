@@ -39,7 +39,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -129,7 +129,6 @@ class AudioPipeline:
         self.settings = settings
         self.processor = processor
         self.stats = stats
-        sd = devices.sd()
         s = settings
         n_in = s.input_channels
         self.in_dev = devices.resolve(s.input.device, "input")
@@ -186,18 +185,27 @@ class AudioPipeline:
         self._rt_priority = s.rt_priority
         self._rt = {"input": False, "output": False}
         self.rt_results: list[str] = []
-        latency = s.latency
+        self._open_streams(n_in, dtype, in_block, out_block, on_finished)
+        # Column views made once: outdata is (frames, channels); every channel gets the mono signal.
+        self._out_col = self._out_hi[:, None]
+        self._scaled_col = self._out_scaled[:, None]
+
+    def _open_streams(self, n_in: int, dtype: str, in_block: int, out_block: int,
+                      on_finished: Optional[Callable[[], None]]) -> None:
+        """Open the capture and the playback stream (`dtlnd.duplex` opens one duplex stream instead)."""
+        sd = devices.sd()
+        s = self.settings
         try:
             self.input_stream = sd.InputStream(
                 device=self.in_dev.index, samplerate=self.in_rate, channels=n_in, dtype="float32",
-                blocksize=in_block, latency=latency, callback=self._input_callback,
+                blocksize=in_block, latency=s.latency, callback=self._input_callback,
                 finished_callback=on_finished)
         except sd.PortAudioError as exc:
             raise devices.open_error("input", self.in_dev, exc) from None
         try:
             self.output_stream = sd.OutputStream(
                 device=self.out_dev.index, samplerate=self.out_rate, channels=s.output.channels, dtype=dtype,
-                blocksize=out_block, latency=latency, callback=self._output_callback,
+                blocksize=out_block, latency=s.latency, callback=self._output_callback,
                 finished_callback=on_finished)
         except sd.PortAudioError as exc:
             self.input_stream.close()
@@ -205,9 +213,8 @@ class AudioPipeline:
         except Exception:
             self.input_stream.close()
             raise
-        # Column views made once: outdata is (frames, channels); every channel gets the mono signal.
-        self._out_col = self._out_hi[:, None]
-        self._scaled_col = self._out_scaled[:, None]
+        self._starts: tuple[tuple[str, devices.Device, Any], ...] = (
+            ("output", self.out_dev, self.output_stream), ("input", self.in_dev, self.input_stream))
 
     # -- callbacks ---------------------------------------------------------
 
@@ -294,8 +301,7 @@ class AudioPipeline:
             if r is not None:
                 r.reset()
         sd = devices.sd()
-        for kind, dev, stream in (("output", self.out_dev, self.output_stream),
-                                  ("input", self.in_dev, self.input_stream)):
+        for kind, dev, stream in self._starts:
             try:
                 stream.start()
             except sd.PortAudioError as exc:
@@ -318,7 +324,7 @@ class AudioPipeline:
         done = threading.Event()
 
         def run() -> None:
-            for stream in (self.input_stream, self.output_stream):
+            for stream in dict.fromkeys((self.input_stream, self.output_stream)):  # one, if duplex
                 try:
                     stream.abort()
                     stream.close()
@@ -351,7 +357,7 @@ class AudioPipeline:
             algorithmic=1000.0 * algorithmic / RATE,
             input=1000.0 * self.input_stream.blocksize / self.in_rate,
             buffer=1000.0 * self.bridge.latency_samples / RATE,
-            output=1000.0 * float(self.output_stream.latency),
+            output=1000.0 * float(out[1] if isinstance(out := self.output_stream.latency, tuple) else out),
         )
 
     def describe(self) -> str:

@@ -103,6 +103,11 @@ class Settings:
         0.008, "PortAudio's suggested latency per stream: seconds, or low / high (PortAudio's choice)",
         flag="--latency", metavar="low|high|SECONDS", choices=("low", "high"), bounds=(0.0005, 1.0),
         unit="seconds")
+    clock: str = setting(
+        "separate", "separate: two streams joined by a drift-correcting buffer; shared: one duplex stream, for "
+        "devices on one clock (the same card, or snd-aloop with timer_source= the capture card); auto: shared "
+        "when dtlnd can tell the clocks are one", flag="--clock", metavar="separate|shared|auto",
+        choices=("separate", "shared", "auto"))
     buffer_blocks: int = setting(2, "8 ms blocks held between the capture and playback clocks",
                                  flag="--buffer-blocks", metavar="N", bounds=(1, 64))
     rt_priority: int = setting(20, "SCHED_FIFO priority for the audio threads; 0: do not ask",

@@ -28,6 +28,7 @@ from . import config, devices, engine, measure, paths
 from .audio import AudioPipeline
 from .config import Settings
 from .constants import DEFAULT_MODELS
+from .duplex import open_pipeline
 from .errors import ConfigError, DeviceError, DtlndError, UsageError
 from .gcpolicy import Collector
 from .measure import BlockStats, Snapshot
@@ -249,6 +250,9 @@ class Daemon:
         p = self.pipeline
         self._watch.update(now)
         self._log_errors()
+        check_xruns = getattr(p, "check_xruns", None)  # clock: shared (dtlnd.duplex)
+        if check_xruns is not None:
+            check_xruns(now)
         reason = "the stream stopped" if p is None or not p.active else self._watch.stalled(now)
         if reason is None:
             return False
@@ -309,7 +313,7 @@ class Daemon:
 
     def _open(self, now: float) -> None:
         """Open and start a pipeline; it counts as flowing once both callbacks ran *after* this."""
-        self.pipeline = AudioPipeline(self.settings, self.processor, self.stats, on_finished=self._on_finished)
+        self.pipeline = open_pipeline(self.settings, self.processor, self.stats, on_finished=self._on_finished)
         self._watch.restart(now)
         self._enter(State.OPENING)
         self.pipeline.start()

@@ -1,0 +1,224 @@
+"""Shared-clock mode (``clock: shared``): capture and playback in one duplex PortAudio stream.
+
+When the input and the output run on one clock (one card, or snd-aloop
+clocked from the capture card by its ``timer_source`` option) they cannot
+drift apart, so no clock bridge is needed: one callback gets the input
+block and fills the output block with the engine's output of that same
+hop.  That saves the bridge's buffer (20 ms by default) and one callback
+thread's wake-up per hop.
+
+`DuplexPipeline` is an `AudioPipeline` whose two streams are one: the
+per-block work (lost-time check, FIR resampling, engine call, format
+conversion, counters) is the parent's two callbacks, called back to back
+from the duplex callback, with a `DirectBridge` between them.  Rates that
+need soxr are refused: soxr returns samples in bursts, which only a
+buffer (the clock bridge) can smooth, so those devices need ``clock:
+separate``.
+
+`choose_clock` decides ``clock: auto``; `open_pipeline` builds the pipeline
+the setting asks for.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from . import devices, resample
+from .audio import AudioPipeline
+from .config import Settings
+from .constants import RATE, SHIFT
+from .engine import HopProcessor
+from .errors import ConfigError
+from .measure import BlockStats
+
+log = logging.getLogger("dtlnd")
+
+#: A shared-clock stream with this many xruns (overflows + underflows) in one
+#: `XRUN_WINDOW` s window is logged once, with the advice to use two streams.
+XRUN_LIMIT = 5
+XRUN_WINDOW = 10.0
+
+
+class DirectBridge:
+    """The duplex hand-off: the hop written is the hop read, no buffer, no drift control.
+
+    It has the parts of `ClockBridge` the pipeline uses.  A read with no
+    hop written since the last read (it cannot happen in one callback
+    unless the engine call failed) plays silence and counts a miss.
+    """
+
+    latency_samples = 0.0
+
+    def __init__(self, stats: BlockStats) -> None:
+        self.stats = stats
+        self._hop = np.zeros(SHIFT, np.float32)
+        self._ready = False
+
+    def reset(self) -> None:
+        self._hop.fill(0.0)
+        self._ready = False
+
+    def write(self, block: np.ndarray, now_ns: Optional[int] = None) -> None:
+        np.copyto(self._hop, block)
+        self._ready = True
+
+    def read(self, out: np.ndarray, now_ns: Optional[int] = None) -> None:
+        if self._ready:
+            np.copyto(out, self._hop)
+            self._ready = False
+        else:
+            out.fill(0.0)
+            self.stats.missed += 1
+
+
+class DuplexPipeline(AudioPipeline):
+    """One duplex stream for input and output; same interface as `AudioPipeline`."""
+
+    def _open_streams(self, n_in: int, dtype: str, in_block: int, out_block: int,
+                      on_finished: Optional[Callable[[], None]]) -> None:
+        """Check the rates suit one stream, then open it (called by `AudioPipeline.__init__`)."""
+        if self.in_rate != self.out_rate:
+            raise ConfigError(f"clock: shared needs one rate for both directions, but the input runs at "
+                              f"{self.in_rate} Hz and the output at {self.out_rate} Hz: set input.rate and "
+                              "output.rate alike, or use clock: separate")
+        if self.in_rate != RATE and not resample.integer_factor(self.in_rate):
+            raise ConfigError(f"clock: shared: {self.in_rate} Hz needs soxr, whose bursts need the clock "
+                              "bridge's buffer: use clock: separate, or a rate of 16000 times 2 to 6")
+        self.bridge = DirectBridge(self.stats)  # type: ignore[assignment]
+        self._rt["output"] = True  # one thread: the input side's request covers it
+        self._xrun_seen = 0
+        self._xrun_from = -1.0
+        self._xrun_told = False
+        sd = devices.sd()
+        s = self.settings
+        try:
+            stream = sd.Stream(
+                device=(self.in_dev.index, self.out_dev.index), samplerate=self.in_rate,
+                channels=(n_in, s.output.channels), dtype=("float32", dtype), blocksize=in_block,
+                latency=s.latency, callback=self._duplex_callback, finished_callback=on_finished)
+        except sd.PortAudioError as exc:
+            raise devices.open_error("input", self.in_dev, exc) from None
+        self.input_stream = self.output_stream = stream
+        self._starts = (("input", self.in_dev, stream),)
+
+    def _duplex_callback(self, indata: np.ndarray, outdata: np.ndarray, frames: int, t, status) -> None:
+        """The parent's two callbacks, in order: each catches and counts its own errors."""
+        self._input_callback(indata, frames, t, status)
+        self._output_callback(outdata, frames, t, status)
+
+    def describe(self) -> str:
+        return super().describe() + ", one duplex stream (clock: shared)"
+
+    def check_xruns(self, now: float) -> None:
+        """From the supervisor loop: log once when xruns keep coming, and suggest two streams."""
+        st = self.stats
+        count = st.input_overflows + st.output_underflows
+        if self._xrun_from < 0 or now - self._xrun_from >= XRUN_WINDOW:
+            self._xrun_from, self._xrun_seen = now, count
+            return
+        if not self._xrun_told and count - self._xrun_seen >= XRUN_LIMIT:
+            self._xrun_told = True
+            log.warning("clock: shared: %d xruns in %.0f s: the devices may not share a clock (or the machine "
+                        "is overloaded); try clock: separate", count - self._xrun_seen, now - self._xrun_from)
+
+
+# -- clock: auto ---------------------------------------------------------------------------
+
+_PA_CARD = re.compile(r"\(hw:(\d+),\d+\)")  # PortAudio's ALSA device names end "(hw:1,0)"
+_ALSA_CARD = re.compile(r"^(?:plug)?hw:(?:CARD=)?([^,.\s]+)")  # hw:1,0  hw:CARD=Array,DEV=0  plughw:Array
+
+
+def read_cards(path: Path) -> dict[str, tuple[str, str]]:
+    """``/proc/asound/cards`` as {index: (id, driver)}; empty if it cannot be read."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    cards = {}
+    for m in re.finditer(r"^\s*(\d+)\s+\[(\S+)\s*\]:\s*(\S+)", text, re.MULTILINE):
+        cards[m.group(1)] = (m.group(2), m.group(3))
+    return cards
+
+
+def card_of(names: tuple[str, ...], cards: dict[str, tuple[str, str]]) -> Optional[str]:
+    """The ALSA card index (or, not in ``cards``, the id as written) that a device's names point at."""
+    for name in names:
+        m = _PA_CARD.search(name) or _ALSA_CARD.match(name)
+        if m:
+            token = m.group(1)
+            for index, (card_id, _) in cards.items():
+                if token == card_id:
+                    return index
+            return token
+    return None
+
+
+def choose_clock(setting: str, in_names: tuple[str, ...], out_names: tuple[str, ...], same_device: bool,
+                 root: Path = Path("/")) -> tuple[str, str]:
+    """``(separate | shared, why)`` for the ``clock`` setting; ``root``: where /proc and /sys are (tests).
+
+    ``*_names``: what names the device (the setting, PortAudio's name).
+    Shared for auto only when dtlnd can tell: one device for both
+    directions, both on one ALSA card, or the output on snd-aloop whose
+    ``timer_source`` names the capture card.
+    """
+    if setting != "auto":
+        return setting, f"clock: {setting} is set"
+    if same_device:
+        return "shared", f"input and output are one device ({in_names[-1]!r})"
+    cards = read_cards(root / "proc/asound/cards")
+    c_in, c_out = card_of(in_names, cards), card_of(out_names, cards)
+    if c_in is not None and c_in == c_out:
+        return "shared", f"input and output are on one ALSA card ({_card_label(c_in, cards)})"
+    try:
+        timer = (root / "sys/module/snd_aloop/parameters/timer_source").read_text().strip()
+    except OSError:
+        timer = ""
+    timer_card = card_of((timer,), cards) if timer.startswith("hw:") else card_of(("hw:" + timer,), cards)
+    out_is_loop = c_out is not None and (cards.get(c_out, ("", ""))[1] == "Loopback" or c_out == "Loopback")
+    if out_is_loop and timer and c_in is not None and timer_card == c_in:
+        return "shared", (f"snd-aloop's timer_source ({timer}) is the capture card "
+                          f"({_card_label(c_in, cards)}): the loopback runs on its clock")
+    if out_is_loop and timer:
+        why = f"snd-aloop's timer_source ({timer}) is not the capture card"
+    elif out_is_loop:
+        why = "snd-aloop runs on the kernel timer (no timer_source), not the capture card's clock"
+    elif c_in is not None and c_out is not None:
+        why = f"input and output are on different cards ({_card_label(c_in, cards)}, {_card_label(c_out, cards)})"
+    else:
+        why = "dtlnd cannot tell that input and output share a clock"
+    return "separate", why
+
+
+def _card_label(card: str, cards: dict[str, tuple[str, str]]) -> str:
+    return f"card {card} [{cards[card][0]}]" if card in cards else f"card {card}"
+
+
+def open_pipeline(settings: Settings, processor: HopProcessor, stats: BlockStats,
+                  on_finished: Optional[Callable[[], None]] = None,
+                  root: Path = Path("/")) -> Union[AudioPipeline, DuplexPipeline]:
+    """The pipeline ``settings.clock`` asks for (auto: decided from the devices, and logged)."""
+    s = settings
+    clock, why = s.clock, ""
+    if clock == "auto":
+        in_dev, out_dev = devices.resolve(s.input.device, "input"), devices.resolve(s.output.device, "output")
+        clock, why = choose_clock(clock, (str(s.input.device), in_dev.name), (str(s.output.device), out_dev.name),
+                                  in_dev.index == out_dev.index, root)
+        if clock == "shared":
+            try:
+                pipeline = DuplexPipeline(settings, processor, stats, on_finished=on_finished)
+            except ConfigError as exc:  # the rates do not suit one stream
+                log.info("clock: auto chose separate: %s, but %s", why, exc)
+            else:
+                log.info("clock: auto chose shared: %s", why)
+                return pipeline
+        else:
+            log.info("clock: auto chose separate: %s", why)
+        clock = "separate"
+    cls = DuplexPipeline if clock == "shared" else AudioPipeline
+    return cls(settings, processor, stats, on_finished=on_finished)
