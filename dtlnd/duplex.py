@@ -91,9 +91,7 @@ class DuplexPipeline(AudioPipeline):
                               "bridge's buffer: use clock: separate, or a rate of 16000 times 2 to 6")
         self.bridge = DirectBridge(self.stats)  # type: ignore[assignment]
         self._rt["output"] = True  # one thread: the input side's request covers it
-        self._xrun_seen = 0
-        self._xrun_from = -1.0
-        self._xrun_told = False
+        self._xruns = XrunWatch(self.stats)
         sd = devices.sd()
         s = self.settings
         try:
@@ -116,15 +114,31 @@ class DuplexPipeline(AudioPipeline):
 
     def check_xruns(self, now: float) -> None:
         """From the supervisor loop: log once when xruns keep coming, and suggest two streams."""
-        st = self.stats
-        count = st.input_overflows + st.output_underflows
-        if self._xrun_from < 0 or now - self._xrun_from >= XRUN_WINDOW:
-            self._xrun_from, self._xrun_seen = now, count
-            return
-        if not self._xrun_told and count - self._xrun_seen >= XRUN_LIMIT:
-            self._xrun_told = True
-            log.warning("clock: shared: %d xruns in %.0f s: the devices may not share a clock (or the machine "
-                        "is overloaded); try clock: separate", count - self._xrun_seen, now - self._xrun_from)
+        told = self._xruns.note(now)
+        if told:
+            log.warning("%s", told)
+
+
+class XrunWatch:
+    """Whether a shared-clock stream keeps hitting xruns: `XRUN_LIMIT` in one `XRUN_WINDOW` s window, told once."""
+
+    def __init__(self, stats: BlockStats) -> None:
+        self.stats = stats
+        self._from = -1.0
+        self._seen = 0
+        self.told = False
+
+    def note(self, now: float) -> Optional[str]:
+        """The line to log, once; None otherwise."""
+        count = self.stats.input_overflows + self.stats.output_underflows
+        if self._from < 0 or now - self._from >= XRUN_WINDOW:
+            self._from, self._seen = now, count
+            return None
+        if self.told or count - self._seen < XRUN_LIMIT:
+            return None
+        self.told = True
+        return (f"clock: shared: {count - self._seen} xruns in {now - self._from:.0f} s: the devices may not "
+                "share a clock (or the machine is overloaded); try clock: separate")
 
 
 # -- clock: auto ---------------------------------------------------------------------------
