@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -214,9 +214,12 @@ def _card_label(card: str, cards: dict[str, tuple[str, str]]) -> str:
 
 
 def open_pipeline(settings: Settings, processor: HopProcessor, stats: BlockStats,
-                  on_finished: Optional[Callable[[], None]] = None,
-                  root: Path = Path("/")) -> Union[AudioPipeline, DuplexPipeline]:
-    """The pipeline ``settings.clock`` asks for (auto: decided from the devices, and logged)."""
+                  on_finished: Optional[Callable[[], None]] = None, root: Path = Path("/"),
+                  separate: type[AudioPipeline] = AudioPipeline) -> AudioPipeline:
+    """The pipeline ``settings.clock`` asks for (auto: decided from the devices, and logged).
+
+    ``separate``: the two-stream class (the service passes its own name for it).
+    """
     s = settings
     clock, why = s.clock, ""
     if clock == "auto":
@@ -234,5 +237,5 @@ def open_pipeline(settings: Settings, processor: HopProcessor, stats: BlockStats
         else:
             log.info("clock: auto chose separate: %s", why)
         clock = "separate"
-    cls = DuplexPipeline if clock == "shared" else AudioPipeline
+    cls = DuplexPipeline if clock == "shared" else separate
     return cls(settings, processor, stats, on_finished=on_finished)

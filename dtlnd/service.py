@@ -313,7 +313,8 @@ class Daemon:
 
     def _open(self, now: float) -> None:
         """Open and start a pipeline; it counts as flowing once both callbacks ran *after* this."""
-        self.pipeline = open_pipeline(self.settings, self.processor, self.stats, on_finished=self._on_finished)
+        self.pipeline = open_pipeline(self.settings, self.processor, self.stats, on_finished=self._on_finished,
+                                      separate=AudioPipeline)
         self._watch.restart(now)
         self._enter(State.OPENING)
         self.pipeline.start()
