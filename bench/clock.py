@@ -29,7 +29,7 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from rig import RATE, Recorder, Rig, daemon, kill_leftovers, lag, play, rig_dir, sound_runs
+from rig import RATE, Recorder, Rig, daemon, kill_leftovers, lag, play, rig_dir
 
 MODES = {"shared": ("--input", "rig_duplex", "--output", "rig_duplex", "--clock", "shared"),
          "separate": ("--input", "rig_aec_in", "--output", "rig_loop_play", "--clock", "separate")}
@@ -56,15 +56,17 @@ def one_run(rig: Rig, clock: str, model: str, src: Path, seconds: float, tmp: Pa
     d.signal(signal.SIGTERM)
     d.wait(15)
     delay = 1000.0 * lag(x[:, 1], x[:, 0], max_lag=RATE // 2) / RATE
-    runs = sound_runs(x[:, 1])
-    zero_blocks = 0
-    if runs:  # all-zero blocks between the first and the last sound: dropouts
-        inside = x[runs[0][0]:runs[-1][1], 1]
-        zero_blocks = int(np.sum(~np.any(inside[: len(inside) // 128 * 128].reshape(-1, 128) != 0, axis=1)))
+    shift = round(delay * RATE / 1000.0)
+    y, mic = x[shift:, 1], x[: len(x) - shift, 0]
+    n = len(y) // 128
+    # Dropouts: 8 ms of exact zeros out while the mic bus (shifted by the delay) had sound.
+    zero_blocks = int(np.sum(~np.any(y[: n * 128].reshape(n, 128) != 0, axis=1)
+                             & np.any(mic[: n * 128].reshape(n, 128) != 0, axis=1)))
     m = re.search(r"xruns: input overflow (\d+), output underflow (\d+); deadline misses (\d+)", d.stdout)
     g = re.search(r"lost audio: (\d+) gaps", d.stdout)
-    glitches = (sum(map(int, m.groups())) if m else -1) + (int(g.group(1)) if g else 0) + zero_blocks
-    return {"cpu": (c1 - c0) / (t1 - t0), "delay": delay, "glitches": glitches}
+    flagged = (sum(map(int, m.groups())) if m else -1) + (int(g.group(1)) if g else 0)
+    return {"cpu": (c1 - c0) / (t1 - t0), "delay": delay, "glitches": flagged + zero_blocks,
+            "flagged": flagged, "zero_blocks": zero_blocks}
 
 
 def main() -> int:
@@ -90,7 +92,8 @@ def main() -> int:
                 r = one_run(rig, clock, a.model, src, a.seconds, tmp, k)
                 results[clock].append(r)
                 print(f"run {k + 1} {clock:8s} cpu {r['cpu']:.4f} s/s  delay {r['delay']:.1f} ms  "
-                      f"glitches {r['glitches']:.0f}", flush=True)
+                      f"glitches {r['glitches']:.0f} (xruns+misses+gaps {r['flagged']:.0f}, "
+                      f"zero blocks {r['zero_blocks']:.0f})", flush=True)
     finally:
         kill_leftovers()
         rig.stop()

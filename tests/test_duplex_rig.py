@@ -19,8 +19,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 from audio_util import read, rms_dbfs, snr_db
-from rig import RATE, Recorder, Rig, daemon, kill_leftovers, lag, play, require_rig, sound_runs, write_raw
-from test_daemon_rig import AIRCON, EDGE, NEAR_LPB, NEAR_MIC, dtlnd, run_env, stop, summary_latency, xrun_free
+from rig import RATE, Recorder, Rig, daemon, lag, play, require_rig, sound_runs, write_raw
+from test_daemon_rig import (
+    AIRCON,
+    EDGE,
+    NEAR_LPB,
+    NEAR_MIC,
+    dtlnd,
+    no_leftovers,  # noqa: F401  (the autouse fixture: no process outlives a test)
+    run_env,
+    stop,
+    summary_latency,
+    xrun_free,
+)
 
 # The file-fed mono input and the loopback under one name, as rig_duplex is for the live buses.
 FILE_DUPLEX = """
@@ -54,12 +65,6 @@ def rig(audio_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         yield r
     finally:
         r.stop()
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers():
-    yield
-    kill_leftovers()
 
 
 def test_shared_delay_is_at_most_44_ms_and_reported(rig, audio_dir, tmp_path):
