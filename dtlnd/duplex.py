@@ -79,16 +79,26 @@ class DirectBridge:
 class DuplexPipeline(AudioPipeline):
     """One duplex stream for input and output; same interface as `AudioPipeline`."""
 
+    def __init__(self, settings: Settings, processor: HopProcessor, stats: BlockStats,
+                 on_finished: Optional[Callable[[], None]] = None) -> None:
+        """Refuse rates one stream cannot serve before anything is built or logged; then as `AudioPipeline`."""
+        s = settings
+        in_rate = devices.pick_rate(devices.resolve(s.input.device, "input"), "input", s.input.rate,
+                                    s.input_channels)
+        out_rate = devices.pick_rate(devices.resolve(s.output.device, "output"), "output", s.output.rate,
+                                     s.output.channels)
+        if in_rate != out_rate:
+            raise ConfigError(f"clock: shared needs one rate for both directions, but the input runs at "
+                              f"{in_rate} Hz and the output at {out_rate} Hz: set input.rate and "
+                              "output.rate alike, or use clock: separate")
+        if in_rate != RATE and not resample.integer_factor(in_rate):
+            raise ConfigError(f"clock: shared: {in_rate} Hz needs soxr, whose bursts need the clock "
+                              "bridge's buffer: use clock: separate, or a rate of 16000 times 2 to 6")
+        super().__init__(settings, processor, stats, on_finished)
+
     def _open_streams(self, n_in: int, dtype: str, in_block: int, out_block: int,
                       on_finished: Optional[Callable[[], None]]) -> None:
-        """Check the rates suit one stream, then open it (called by `AudioPipeline.__init__`)."""
-        if self.in_rate != self.out_rate:
-            raise ConfigError(f"clock: shared needs one rate for both directions, but the input runs at "
-                              f"{self.in_rate} Hz and the output at {self.out_rate} Hz: set input.rate and "
-                              "output.rate alike, or use clock: separate")
-        if self.in_rate != RATE and not resample.integer_factor(self.in_rate):
-            raise ConfigError(f"clock: shared: {self.in_rate} Hz needs soxr, whose bursts need the clock "
-                              "bridge's buffer: use clock: separate, or a rate of 16000 times 2 to 6")
+        """Open one duplex stream (called by `AudioPipeline.__init__`)."""
         self.bridge = DirectBridge(self.stats)  # type: ignore[assignment]
         self._rt["output"] = True  # one thread: the input side's request covers it
         self._xruns = XrunWatch(self.stats)

@@ -192,3 +192,39 @@ def test_duplex_callback_allocates_no_buffers(audio_dir: Path, tmp_path: Path, r
             assert extra == 0, f"{mode} at {rate} Hz: {extra} numpy buffers allocated in the duplex callback"
     finally:
         r.stop()
+
+
+def _on_rig(audio_dir: Path, tmp_path: Path, rate: int, period: int, *args: str) -> tuple[int, str, str]:
+    """``dtlnd run ARGS`` on rig_duplex for 3 s on a rig of its own at ``rate``: (status, stdout, stderr)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    r = Rig(require_rig(audio_dir.parent), tmp_path, f"dx{rate}", rate=rate, period=period)
+    start(r)
+    try:
+        res = dtlnd("run", "--input", "rig_duplex", "--output", "rig_duplex", "--input-channels", "2",
+                    "--output-format", "FLOAT_LE", "--duration", "3", "--measure", *args, env=r.env)
+    finally:
+        r.stop()
+    return res.returncode, res.stdout, res.stderr
+
+
+def test_shared_at_48k_resamples_by_fir(audio_dir, tmp_path):
+    status, out, err = _on_rig(audio_dir, tmp_path, 48000, 384, "--clock", "shared")
+    assert "Traceback" not in err, err
+    assert status in (0, 1), err
+    assert "one duplex stream (clock: shared)" in err and "(FIR 1:3)" in err and "(FIR 3:1)" in err, err
+    assert "callback errors 0" in out and "deadline misses 0" in out, out
+    # No buffer: 24 ms + the FIRs' 36 + 36 samples (4.5 ms) + one 8 ms period each way.
+    assert "= 28.5 algorithmic + 8.0 input + 0.0 buffer + 8.0 output" in out and summary_latency(out) == 44.5, out
+
+
+def test_shared_refuses_soxr_rates_and_auto_falls_back(audio_dir, tmp_path):
+    """44.1 kHz needs soxr: shared is a one-line config error (exit 78); auto runs two streams and says why."""
+    status, out, err = _on_rig(audio_dir, tmp_path / "shared", 44100, 441, "--clock", "shared")
+    lines = err.strip().splitlines()
+    assert status == 78, err
+    assert len(lines) == 1 and "44100 Hz needs soxr" in lines[0] and "use clock: separate" in lines[0], err
+    status, out, err = _on_rig(audio_dir, tmp_path / "auto", 44100, 441, "--clock", "auto")
+    assert status in (0, 1) and "Traceback" not in err, err
+    assert "clock: auto chose separate: input and output are one device ('rig_duplex'), but clock: shared: " \
+           "44100 Hz needs soxr" in err, err
+    assert "one duplex stream" not in err and "result:" in out, out
