@@ -40,8 +40,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def one_run(rig: Rig, clock: str, model: str, src: Path, seconds: float, tmp: Path, k: int) -> dict[str, float]:
-    d = daemon(rig, *MODES[clock], "--input-channels", "2", "--model", model, "--output-format", "FLOAT_LE",
+def one_run(rig: Rig, clock: str, mode: str, model: str, src: Path, seconds: float, tmp: Path,
+            k: int) -> dict[str, float]:
+    d = daemon(rig, *MODES[clock], "--input-channels", "2", "--mode", mode, "--model", model, "--output-format", "FLOAT_LE",
                "--measure", env=dict(rig.env))
     d.wait_for("audio flowing", timeout=60)
     rec = Recorder(rig, tmp / f"{clock}{k}.raw", pcm="probe_mic_loop", channels=2)
@@ -75,6 +76,7 @@ def main() -> int:
                     help="the shared folder with alsa-rig/ and audio/")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--mode", default="ns", help="ns or aec (the reference is the mic bus at half level)")
     ap.add_argument("--model", default="dtln_ns_quant")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="dtlnd-clock-"))
@@ -89,7 +91,7 @@ def main() -> int:
     try:
         for k in range(a.runs):
             for clock in MODES:  # A B A B ...
-                r = one_run(rig, clock, a.model, src, a.seconds, tmp, k)
+                r = one_run(rig, clock, a.mode, a.model, src, a.seconds, tmp, k)
                 results[clock].append(r)
                 print(f"run {k + 1} {clock:8s} cpu {r['cpu']:.4f} s/s  delay {r['delay']:.1f} ms  "
                       f"glitches {r['glitches']:.0f} (xruns+misses+gaps {r['flagged']:.0f}, "
