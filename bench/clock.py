@@ -42,8 +42,8 @@ def cpu_seconds(pid: int) -> float:
 
 def one_run(rig: Rig, clock: str, mode: str, model: str, src: Path, seconds: float, tmp: Path,
             k: int) -> dict[str, float]:
-    d = daemon(rig, *MODES[clock], "--input-channels", "2", "--mode", mode, "--model", model, "--output-format", "FLOAT_LE",
-               "--measure", env=dict(rig.env))
+    d = daemon(rig, *MODES[clock], "--input-channels", "2", "--mode", mode, "--model", model,
+               "--output-format", "FLOAT_LE", "--measure", env=dict(rig.env))
     d.wait_for("audio flowing", timeout=60)
     rec = Recorder(rig, tmp / f"{clock}{k}.raw", pcm="probe_mic_loop", channels=2)
     player = play(rig, src)
