@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from audio_util import read, rms_dbfs, snr_db
-from rig import RATE, Recorder, Rig, daemon, lag, play, require_rig, sound_runs, write_raw
+from rig import RATE, Recorder, Rig, daemon, exact_at, lag, play, require_rig, sound_runs, write_raw
 from test_daemon_rig import (
     AIRCON,
     EDGE,
@@ -103,7 +103,8 @@ def test_shared_output_equals_process(rig, audio_dir, tmp_path):
     r = dtlnd("process", wav, offline, "--model", "dtln_ns_float", "--subtype", "FLOAT", env=rig.env)
     assert r.returncode == 0, r.stderr
     ref = read(offline)
-    for attempt in (1, 2):
+    d, y = None, np.zeros(0, np.float32)
+    for attempt in (1, 2):  # one retry after an xrun on the loaded VM
         rec = Recorder(rig, tmp_path / f"loop{attempt}.raw")
         time.sleep(0.3)
         d = daemon(rig, "--input", "rig_file_duplex", "--output", "rig_file_duplex", "--model", "dtln_ns_float",
@@ -111,20 +112,15 @@ def test_shared_output_equals_process(rig, audio_dir, tmp_path):
         status = d.wait(30)
         time.sleep(0.3)
         y = rec.stop()[:, 0]
-        assert "Traceback" not in d.stderr, d.stderr
-        assert status in (0, 1), d.stderr
+        assert "Traceback" not in d.stderr and status in (0, 1), d.stderr
         if xrun_free(d.stdout):
             break
-    assert xrun_free(d.stdout), f"xruns in both attempts:\n{d.stdout}"
+    assert d is not None and xrun_free(d.stdout), f"xruns in both attempts:\n{d and d.stdout}"
     runs = sound_runs(y)
-    assert runs, "the loopback recording is all zeros"
-    start, end = runs[0][0], runs[-1][1]
-    assert end - start > 3 * RATE, f"daemon output lasts only {(end - start) / RATE:.2f} s"
-    d_lag = lag(y, ref)
-    lo, hi = max(start, d_lag) + EDGE, min(end, d_lag + len(ref)) - EDGE
-    assert hi - lo > 2 * RATE
-    got, want = y[lo:hi], ref[lo - d_lag:hi - d_lag]
-    assert np.array_equal(got, want), f"not bit-exact: SNR {snr_db(want, got):.1f} dB"
+    assert runs and runs[-1][1] - runs[0][0] > 3 * RATE, f"daemon output too short: {runs}"
+    lo, hi = runs[0][0] + RATE // 2, runs[-1][1] - EDGE  # past the engine's start-up and the file's start
+    d_lag, exact = exact_at(y, ref, lo, hi)
+    assert exact, f"not bit-exact at lag {d_lag}: SNR {snr_db(ref[lo - d_lag:hi - d_lag], y[lo:hi]):.1f} dB"
 
 
 @pytest.mark.parametrize("inp, out, chosen, why", [
