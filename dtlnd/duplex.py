@@ -38,7 +38,7 @@ from .measure import BlockStats
 
 log = logging.getLogger("dtlnd")
 
-#: A shared-clock stream with this many xruns (overflows + underflows) in one
+#: A shared-clock stream with this many xruns (overflows + underflows + input gaps) in one
 #: `XRUN_WINDOW` s window is logged once, with the advice to use two streams.
 XRUN_LIMIT = 5
 XRUN_WINDOW = 10.0
@@ -130,7 +130,11 @@ class DuplexPipeline(AudioPipeline):
 
 
 class XrunWatch:
-    """Whether a shared-clock stream keeps hitting xruns: `XRUN_LIMIT` in one `XRUN_WINDOW` s window, told once."""
+    """Whether a shared-clock stream keeps hitting xruns: `XRUN_LIMIT` in one `XRUN_WINDOW` s window, told once.
+
+    Input gaps count too: PortAudio flags nothing when the process or the
+    server stalled, and a duplex stream has no buffer to ride one out.
+    """
 
     def __init__(self, stats: BlockStats) -> None:
         self.stats = stats
@@ -140,15 +144,15 @@ class XrunWatch:
 
     def note(self, now: float) -> Optional[str]:
         """The line to log, once; None otherwise."""
-        count = self.stats.input_overflows + self.stats.output_underflows
+        count = self.stats.input_overflows + self.stats.output_underflows + self.stats.gaps
         if self._from < 0 or now - self._from >= XRUN_WINDOW:
             self._from, self._seen = now, count
             return None
         if self.told or count - self._seen < XRUN_LIMIT:
             return None
         self.told = True
-        return (f"clock: shared: {count - self._seen} xruns in {now - self._from:.0f} s: the devices may not "
-                "share a clock (or the machine is overloaded); try clock: separate")
+        return (f"clock: shared: {count - self._seen} xruns or input gaps in {now - self._from:.0f} s: the "
+                "devices may not share a clock (or the machine is overloaded or stalled); try clock: separate")
 
 
 # -- clock: auto ---------------------------------------------------------------------------

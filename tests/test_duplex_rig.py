@@ -10,6 +10,8 @@ and says why; the duplex callback allocates no numpy buffer (16 and 48 kHz).
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -32,6 +34,8 @@ from test_daemon_rig import (
     summary_latency,
     xrun_free,
 )
+
+from dtlnd.duplex import XRUN_LIMIT
 
 # The file-fed mono input and the loopback under one name, as rig_duplex is for the live buses.
 FILE_DUPLEX = """
@@ -224,3 +228,24 @@ def test_shared_refuses_soxr_rates_and_auto_falls_back(audio_dir, tmp_path):
     assert "clock: auto chose separate: input and output are one device ('rig_duplex'), but clock: shared: " \
            "44100 Hz needs soxr" in err, err
     assert "one duplex stream" not in err and "result:" in out, out
+
+
+def test_repeated_xruns_are_told_once_with_advice(rig, tmp_path):
+    """Real stalls: the daemon stopped (SIGSTOP) for 100 ms, eight times in 7 s: each is an input gap
+    (PortAudio flags no xrun for a stalled process); the log says so once and suggests clock: separate."""
+    d = daemon(rig, "--input", "rig_duplex", "--output", "rig_duplex", "--input-channels", "2", *SHARED, "--measure")
+    d.wait_for("audio flowing")
+    for _ in range(8):
+        d.signal(signal.SIGSTOP)
+        time.sleep(0.1)
+        d.signal(signal.SIGCONT)
+        time.sleep(0.8)
+    time.sleep(1.0)
+    stop(d)
+    m = re.search(r"xruns: input overflow (\d+), output underflow (\d+)", d.stdout)
+    g = re.search(r"lost audio: (\d+) gaps", d.stdout)
+    assert m and g, d.stdout
+    count = int(m.group(1)) + int(m.group(2)) + int(g.group(1))
+    told = [ln for ln in d.stderr.splitlines() if "try clock: separate" in ln]
+    assert count >= XRUN_LIMIT, f"only {count} xruns and gaps:\n{d.stdout}"
+    assert len(told) == 1, d.stderr
