@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import venv
@@ -65,3 +66,33 @@ def test_binary_only_install_runs(wheel, tmp_path, audio_dir, models_dir):
     r = subprocess.run([str(py), "-c", "import dtlnd; print(dtlnd.__file__)"], capture_output=True, text=True,
                        env=env, cwd=tmp_path)
     assert str(env_dir) in r.stdout, "the test ran the checkout, not the installed wheel"
+
+
+def _tracked_copy(dest: Path) -> Path:
+    """The checkout's tracked files (as in a fresh clone, with the working tree's edits), in ``dest``."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+    for name in filter(None, files):
+        src = REPO / os.fsdecode(name)
+        if src.is_file():
+            target = dest / os.fsdecode(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+    return dest
+
+
+def test_bootstrap_is_quiet_and_ready_for_the_demo(tmp_path):
+    """The README's first command on a fresh checkout: a few lines, no warnings, a working dtlnd."""
+    missing = subprocess.run(["sh", "-c", "for p in libportaudio2 libsndfile1 espeak-ng python3-venv; do "
+                              "dpkg-query -W -f='${Status}\\n' $p 2>/dev/null | grep -q 'ok installed' || echo $p; "
+                              "done"], capture_output=True, text=True).stdout.split()
+    if missing and os.geteuid() != 0:
+        pytest.skip(f"bootstrap would need sudo to install {missing}")
+    tree = _tracked_copy(tmp_path / "dtlnd")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH", "VIRTUAL_ENV")}
+    r = subprocess.run(["./bootstrap.sh"], cwd=tree, capture_output=True, text=True, env=env, timeout=1800)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = (r.stdout + r.stderr).splitlines()
+    print("\n".join(out))
+    assert len(out) <= 3 and not [ln for ln in out if re.search(r"warn|deprecat", ln, re.IGNORECASE)], out
+    r = subprocess.run([str(tree / ".venv/bin/dtlnd"), "demo", "--help"], capture_output=True, text=True, cwd=tree)
+    assert r.returncode == 0 and "noisy.wav" in r.stdout
