@@ -96,3 +96,20 @@ def test_bootstrap_is_quiet_and_ready_for_the_demo(tmp_path):
     assert len(out) <= 3 and not [ln for ln in out if re.search(r"warn|deprecat", ln, re.IGNORECASE)], out
     r = subprocess.run([str(tree / ".venv/bin/dtlnd"), "demo", "--help"], capture_output=True, text=True, cwd=tree)
     assert r.returncode == 0 and "noisy.wav" in r.stdout
+
+
+def test_editable_install_prints_no_warnings(tmp_path):
+    """bootstrap.sh's ``pip install -e``, with today's pip and setuptools, warns about nothing."""
+    tree = _tracked_copy(tmp_path / "dtlnd")
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    py = str(env_dir / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
+    env.update(PIP_ROOT_USER_ACTION="ignore", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    subprocess.run([py, "-m", "pip", "install", "-q", "--upgrade", "pip"], env=env, check=True, capture_output=True)
+    r = subprocess.run([py, "-m", "pip", "install", "--no-deps", "-e", str(tree)], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    noisy = [ln for ln in (r.stdout + r.stderr).splitlines()
+             if re.search(r"warn|deprecat", ln, re.IGNORECASE) and "Location 'file:" not in ln]
+    assert not noisy, "\n".join(noisy)
