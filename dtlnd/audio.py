@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -44,10 +44,62 @@ def _set_realtime(priority: int) -> str:
     return f"audio threads run SCHED_FIFO priority {priority}"
 
 
+class LostTime:
+    """Input time the stream clock says passed but whose samples never came ("gaps").
+
+    PortAudio flags no overflow when the whole process was stopped (SIGSTOP,
+    a VM pause, a stalled JACK client): the capture simply resumes later.
+    So each callback compares the monotonic time since the first callback
+    with the frames received: their difference (the deficit, in device
+    samples) jitters by a callback's lateness and returns when the backlog
+    arrives, but a loss raises it for good.  The minimum deficit over each
+    window of 32 callbacks (~0.26 s) is the floor; a floor higher than the
+    last one by more than one block is counted as lost time
+    (``stats.gap_samples`` in 16 kHz samples, ``stats.gaps`` times).  The
+    floor follows slow drift between the device's crystal and the system
+    clock both ways (0.1 % is 4 samples per window), so drift is never a gap.
+    """
+
+    WINDOW = 32
+
+    def __init__(self, rate: int, stats: BlockStats) -> None:
+        self.rate = rate
+        self.stats = stats
+        self._threshold = rate * SHIFT // RATE
+        self.reset()
+
+    def reset(self) -> None:
+        self._t0 = -1
+        self._frames = 0
+        self._floor = -1 << 62  # none yet
+        self._min = 1 << 62
+        self._count = 0
+
+    def note(self, now_ns: int, frames: int) -> None:
+        """One callback at ``now_ns`` (monotonic) that brought ``frames`` frames."""
+        if self._t0 < 0:
+            self._t0 = now_ns
+        deficit = (now_ns - self._t0) * self.rate // 1_000_000_000 - self._frames
+        self._frames += frames
+        if deficit < self._min:
+            self._min = deficit
+        self._count += 1
+        if self._count == self.WINDOW:
+            floor = self._min
+            if self._floor != -1 << 62 and floor - self._floor > self._threshold:
+                self.stats.gaps += 1
+                self.stats.gap_samples += (floor - self._floor) * RATE // self.rate
+            self._floor = floor
+            self._min = 1 << 62
+            self._count = 0
+
+
 class AudioPipeline:
     """Open (``start``) and close the two streams for one set of settings."""
 
-    def __init__(self, settings: Settings, processor: HopProcessor, stats: BlockStats) -> None:
+    def __init__(self, settings: Settings, processor: HopProcessor, stats: BlockStats,
+                 on_finished: Optional[Callable[[], None]] = None) -> None:
+        """``on_finished``: called (in PortAudio's thread) when either stream ends, so a dead one is seen at once."""
         self.settings = settings
         self.processor = processor
         self.stats = stats
@@ -64,7 +116,8 @@ class AudioPipeline:
         self.mic_ch = s.input.channel % n_in
         self.far_ch = s.ref_channel % n_in if processor.channels == 2 else None
         target = s.buffer_blocks * SHIFT + SHIFT // 2  # + half a block: the clocks' phase sweep
-        self.bridge = ClockBridge(target=target, block=SHIFT, out_step=RATE / self.out_rate)
+        self.bridge = ClockBridge(target=target, block=SHIFT, out_step=RATE / self.out_rate, stats=stats)
+        self._lost = LostTime(self.in_rate, stats)
         self._hop_out = np.zeros(SHIFT, np.float32)
         self._resampler = None
         self._stream_in: Optional[BlockStream] = None
@@ -90,11 +143,13 @@ class AudioPipeline:
         latency = s.latency
         self.input_stream = sd.InputStream(
             device=self.in_dev.index, samplerate=self.in_rate, channels=n_in, dtype="float32",
-            blocksize=max(1, round(SHIFT * self.in_rate / RATE)), latency=latency, callback=self._input_callback)
+            blocksize=max(1, round(SHIFT * self.in_rate / RATE)), latency=latency, callback=self._input_callback,
+            finished_callback=on_finished)
         try:
             self.output_stream = sd.OutputStream(
                 device=self.out_dev.index, samplerate=self.out_rate, channels=s.output.channels, dtype=dtype,
-                blocksize=out_block, latency=latency, callback=self._output_callback)
+                blocksize=out_block, latency=latency, callback=self._output_callback,
+                finished_callback=on_finished)
         except Exception:
             self.input_stream.close()
             raise
@@ -113,6 +168,7 @@ class AudioPipeline:
             if not self._rt["input"]:
                 self._realtime("input")
             t0 = time.perf_counter_ns()
+            self._lost.note(t0, frames)
             if self._resampler is None and frames == SHIFT:
                 far = indata[:, self.far_ch] if self.far_ch is not None else None
                 self.processor.process_hop(indata[:, self.mic_ch], far, self._hop_out)
@@ -164,6 +220,7 @@ class AudioPipeline:
     def start(self) -> None:
         self.processor.reset()
         self.bridge.reset()
+        self._lost.reset()
         self.output_stream.start()
         self.input_stream.start()
 

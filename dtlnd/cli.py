@@ -1,8 +1,9 @@
 """The ``dtlnd`` command line: parse, dispatch, turn errors into one line.
 
 Exit statuses: 0 success; 1 a check failed (``bench`` found nothing to run,
-``models verify`` found a bad file); 64 bad command line; 65 bad input file;
-69 audio device unavailable; 73 output not writable; 78 bad configuration
+``models verify`` found a bad file, ``status`` found a stale state file); 3
+``status``: no daemon running; 64 bad command line; 65 bad input file;
+69 audio device or optional extra unavailable; 73 output not writable; 78 bad configuration
 or model; 130 interrupted.
 """
 
@@ -41,7 +42,7 @@ def _flag_type(key: config.Key) -> Any:
     return str
 
 
-def _add_settings(p: argparse.ArgumentParser, *, run: bool) -> None:
+def _add_settings(p: argparse.ArgumentParser, *, run: bool, only: Sequence[str] = ()) -> None:
     """The settings' own flags (`dtlnd.config`): all of them on ``run``, the engine's elsewhere.
 
     On ``run`` they default to None, so the config file's values stand
@@ -49,7 +50,7 @@ def _add_settings(p: argparse.ArgumentParser, *, run: bool) -> None:
     """
     groups: dict[bool, Any] = {}
     for key in config.schema():
-        if not key.flag or not (run or key.process):
+        if not key.flag or not (run or key.process) or (only and key.name not in only):
             continue
         if key.process not in groups:
             title = "model and engine" if key.process else "audio devices and daemon"
@@ -75,26 +76,31 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _build_processor(args: argparse.Namespace) -> Any:
-    from . import engine
-
+def _options(args: argparse.Namespace) -> config.Settings:
+    """The settings given as flags, on the defaults (no config file); errors name the flags."""
     try:
-        s = config.from_options(_overrides(args))
-    except ConfigError as exc:  # the values came from flags: name the flags
+        return config.from_options(_overrides(args))
+    except ConfigError as exc:
         flags = {k.name: k.flag for k in config.schema() if k.flag}
         lines = []
         for line in str(exc).splitlines():
             key, _, rest = line.partition(": ")
             lines.append(f"{flags[key]} {rest}" if key in flags else line)
         raise UsageError("\n".join(lines)) from None
+
+
+def _build_processor(args: argparse.Namespace, s: config.Settings) -> Any:
+    from . import engine
+
     return engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads, args.fft)
 
 
 def _cmd_process(args: argparse.Namespace) -> int:
     from . import offline
 
+    settings = _options(args)
     opts = offline.FileOptions(channel=args.channel, ref=args.ref, ref_channel=args.ref_channel,
-                               subtype=args.subtype)
+                               subtype=args.subtype, ref_delay=settings.ref_delay)
     src: Path = args.input
     if not src.exists():
         raise offline.InputError(f"{src}: no such file or folder: check the input path")
@@ -102,7 +108,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
         raise UsageError("--ref is only used by --mode aec or aec+ns")
     if not src.is_dir():
         offline.output_format(args.output)  # before loading the models
-    processor = _build_processor(args)
+    processor = _build_processor(args, settings)
     if src.is_dir():
         return offline.process_tree(src, args.output, processor, opts, progress=not args.no_progress)
     if args.output.is_dir():
@@ -120,16 +126,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.blocks < 100:
         raise UsageError(f"--blocks {args.blocks}: use at least 100 for meaningful figures")
     return bench.run(args.model, args.model_dir, args.runtime, args.audio, args.ref, args.blocks,
-                     args.threads, args.fft, args.json)
+                     args.threads, args.fft, args.json, ref_delay=_options(args).ref_delay)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="settings file (default: /etc/dtlnd/dtlnd.yaml if it exists); options below override it")
     p.add_argument("--measure", action="store_true",
-                   help="print engine time, xruns, deadline misses and latency once a second, and a summary; "
-                        "exit 1 if any xrun, deadline miss or loss of audio occurred")
+                   help="print engine time, xruns, deadline misses, lost audio, errors and latency once a second, "
+                        "and a summary; exit 1 if any of them occurred")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+    p.add_argument("--plot", type=Path, metavar="FILE.png",
+                   help="with --measure: write a timeline of engine time, buffer, xruns, misses and lost audio "
+                        "when the run ends (needs the dtlnd[eval] extra)")
     _add_settings(p, run=True)
 
 
@@ -139,7 +148,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     if args.log_level and "log_level" not in overrides:  # dtlnd --log-level X run
         overrides["log_level"] = args.log_level
-    return service.run(args.config, overrides, args.measure, args.duration)
+    return service.run(args.config, overrides, args.measure, args.duration, args.plot)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from . import status
+
+    return status.command(args.json, args.watch)
 
 
 def _cmd_devices(args: argparse.Namespace) -> int:
@@ -197,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=_cmd_run)
 
+    p = sub.add_parser("status", help="show the running daemon's live figures",
+                       description="Read the running daemon's state file (rewritten once a second) and show "
+                       "uptime, model, blocks, engine time, xruns, misses, gaps, resets, latency, CPU and RSS. "
+                       "Exit 0: running; 1: the file is stale (daemon gone or stuck); 3: not running.")
+    p.add_argument("--json", action="store_true", help="print the state as one JSON object")
+    p.add_argument("--watch", action="store_true", help="repeat every second until interrupted")
+    p.set_defaults(func=_cmd_status)
+
     p = sub.add_parser("devices", help="list audio devices, their channels and whether they open at 16 kHz",
                        description="List the devices PortAudio sees, with channel counts and whether each "
                        "opens at 16 kHz. Use an index, a name, or an ALSA name such as hw:Loopback,0.")
@@ -245,12 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the input, delayed and attenuated)")
     p.add_argument("--blocks", type=int, default=3000, help="blocks timed per pair (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_settings(p, run=False, only=("ref_delay",))
     p.set_defaults(func=_cmd_bench)
 
     add_models_parser(sub)
     from . import demo
 
     demo.add_parser(sub)
+
+    from . import evaluate
+
+    evaluate.add_parser(sub)
     return parser
 
 

@@ -108,6 +108,15 @@ class Settings:
     rt_priority: int = setting(20, "SCHED_FIFO priority for the audio threads; 0: do not ask",
                                flag="--rt-priority", metavar="N", bounds=(0, 99))
     log_level: str = setting("info", "what to log", flag="--log-level", choices=LOG_LEVELS)
+    ref_delay: Union[str, float] = setting(
+        "auto", "aec: delay added to the far-end reference, ms (negative: delay the microphone instead), or "
+        "auto: measure the echo's lag and align continuously; 0: the reference as it comes",
+        flag="--ref-delay", metavar="auto|MS", choices=("auto",), unit="ms", process=True)
+    ref_delay_max: float = setting(1000.0, "longest echo lag behind the reference that auto searches for",
+                                   flag="--ref-delay-max", metavar="MS", bounds=(0.0, 2000.0), unit="ms",
+                                   process=True)
+    ref_lead: float = setting(40.0, "how far auto makes the reference lead the echo (DTLN-aec wants it early)",
+                              flag="--ref-lead", metavar="MS", bounds=(0.0, 200.0), unit="ms", process=True)
 
     @property
     def input_channels(self) -> int:
@@ -202,8 +211,8 @@ def _coerce(key: Key, value: Any) -> Any:
         return value
     if base == {str, float}:  # a number, or one of a few words
         words = ", ".join(key.choices or ())
-        if isinstance(value, str) and value in (key.choices or ()):
-            return value
+        if isinstance(value, str) and value.strip().lower() in (key.choices or ()):
+            return value.strip().lower()
         number = _number(value)
         if number is None:
             raise bad(f"{value!r}: use {words} or a number{f' of {key.unit}' if key.unit else ''}")
@@ -239,7 +248,7 @@ def _check_rules(key: Key, value: Any) -> None:
         lo, hi = key.range
         if not lo <= value <= hi:
             unit = f" {key.unit}" if key.unit else ""
-            raise ConfigError(f"{key.name}: {value}{unit} is out of range: use {lo:g}..{hi:g}{unit}")
+            raise ConfigError(f"{key.name}: {value:g}{unit} is out of range: use {lo:g}..{hi:g}{unit}")
 
 
 # -- typos ---------------------------------------------------------------------------
@@ -308,6 +317,11 @@ def _build(cls: type, data: Any, errors: list[str], prefix: str = "") -> Any:
 
 def _cross_checks(s: Settings) -> Iterator[str]:
     """Rules that tie several settings together."""
+    from .align import MIC_DELAY_MAX_MS
+
+    if s.ref_delay != "auto" and not -MIC_DELAY_MAX_MS <= float(s.ref_delay) <= s.ref_delay_max:
+        yield (f"ref_delay: {float(s.ref_delay):g} ms is out of range: use -{MIC_DELAY_MAX_MS:g} "
+               f"(microphone delayed) to ref_delay_max ({s.ref_delay_max:g} ms), or auto")
     n = s.input_channels
     if not -n <= s.input.channel < n:
         yield (f"input.channel: {s.input.channel} is out of range for {n} input channel"

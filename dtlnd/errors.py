@@ -73,3 +73,9 @@ def remedied(cls: type[_E], what: str, remedy: str) -> _E:
     exc = cls(f"{what}; {REMEDIES[remedy]}")
     exc.what, exc.remedy = what, remedy
     return exc
+
+
+class ExtraMissing(DtlndError):
+    """An optional feature whose extra (e.g. ``dtlnd[eval]``) is not installed."""
+
+    exit_status = 69  # EX_UNAVAILABLE

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import soundfile as sf
@@ -39,6 +39,7 @@ class FileOptions:
     ref: Optional[Path] = None
     ref_channel: Optional[int] = None  # None: the last channel
     subtype: Optional[str] = None  # None: the input's subtype
+    ref_delay: Union[str, float] = "auto"  # aec: "auto" or ms (see dtlnd.align)
 
 
 def _open(path: Path, what: str) -> sf.SoundFile:
@@ -143,8 +144,13 @@ def _output_subtype(dst: Path, in_subtype: str, wanted: Optional[str]) -> tuple[
     return fmt, subtype
 
 
-def enhance(stream: BlockStream, mic: np.ndarray, far: Optional[np.ndarray]) -> np.ndarray:
-    """Run a whole signal through ``stream``, output aligned with the input."""
+def enhance(stream: BlockStream, mic: np.ndarray, far: Optional[np.ndarray],
+            resets: tuple[int, ...] = ()) -> np.ndarray:
+    """Run a whole signal through ``stream``, output aligned with the input.
+
+    ``resets``: samples at which the echo canceller's LSTM states are zeroed
+    (where the reference alignment changed, as the live path does).
+    """
     stream.reset()
     d = stream.delay
     n = len(mic)
@@ -152,8 +158,11 @@ def enhance(stream: BlockStream, mic: np.ndarray, far: Optional[np.ndarray]) -> 
     if far is not None:
         far = np.concatenate([far, np.zeros(d, np.float32)])
     out = np.empty(n + d, np.float32)
-    for pos in range(0, n + d, _CHUNK):
-        end = min(pos + _CHUNK, n + d)
+    bounds = sorted(set(range(0, n + d, _CHUNK)) | {r for r in resets if 0 < r < n})
+    first: Any = getattr(stream.processor, "stages", (stream.processor,))[0]  # the echo canceller
+    for pos, end in zip(bounds, bounds[1:] + [n + d]):
+        if pos in resets:
+            first.pair.reset()
         stream.process(mic[pos:end], None if far is None else far[pos:end], out[pos:end])
     return out[d:]
 
@@ -163,8 +172,15 @@ def process_file(src: Path, dst: Path, processor: HopProcessor, opts: FileOption
     if dst.exists() and src.exists() and os.path.samefile(src, dst):
         raise UsageError(f"{dst}: output would overwrite the input: choose another output path")
     mic, far, in_subtype = load_signals(src, opts, processor.channels == 2)
+    resets: tuple[int, ...] = ()
     fmt, subtype = _output_subtype(dst, in_subtype, opts.subtype)
-    y = enhance(BlockStream(processor), mic, far)
+    if far is not None and opts.ref_delay != 0:
+        from .align import align_reference
+
+        aligned = align_reference(mic, far, opts.ref_delay)
+        far, resets = aligned.far, aligned.resets
+        log.log(aligned.level, "%s: %s", src.name, aligned.text)
+    y = enhance(BlockStream(processor), mic, far, resets)
     if subtype.startswith("PCM") or subtype in ("ULAW", "ALAW"):
         np.clip(y, -1.0, 1.0, out=y)
     write_atomic(dst, y, fmt, subtype)
