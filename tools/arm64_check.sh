@@ -127,7 +127,8 @@ for c in $CHECKS; do
         || { cat "$WORK/$SUITE-$p-$rt.log" >&2; fail "dtlnd process --model $p --runtime $rt failed on $SUITE arm64"; }
     took=$(( $(date +%s) - start ))
     "$HOST_DTLND" process "$CHECK/in.wav" "$CHECK/out/$p-$rt-x86.wav" --model "$p" --runtime "$rt" \
-        --model-dir "$CHECK/models" --subtype FLOAT >/dev/null 2>&1 || fail "x86 dtlnd process --model $p --runtime $rt failed"
+        --model-dir "$CHECK/models" --subtype FLOAT >"$WORK/$SUITE-$p-$rt-x86.log" 2>&1 \
+        || { cat "$WORK/$SUITE-$p-$rt-x86.log" >&2; fail "x86 dtlnd process --model $p --runtime $rt failed"; }
     min=60; case "$p" in *quant*) min=20 ;; esac
     "$HOST_PY" - "$CHECK/out/$p-$rt.wav" "$CHECK/out/$p-$rt-x86.wav" "$p ($rt)" "$min" "$SUITE" "$took" <<'EOF' || status=1
 import sys
