@@ -19,11 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("wheel")
+    tree = _tracked_copy(tmp_path_factory.mktemp("src") / "dtlnd")  # setuptools writes build/ into the tree
     # PYTHONDONTWRITEBYTECODE (set in some shells and CI images) makes setuptools warn about
     # skipped byte-compiling; a user's build has it unset.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v",
-                        "-w", str(out), str(REPO)], capture_output=True, text=True, env=env, timeout=600)
+                        "-w", str(out), str(tree)], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     (whl,) = out.glob("dtlnd-*.whl")
     return whl, r.stdout + r.stderr
