@@ -85,8 +85,9 @@ def write(path: Path, timeline: Timeline, title: str) -> None:
     more = twin.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left", fontsize="small")
     if has_delay:
-        axes[3].plot(t, c["ref_delay_ms"], color="tab:purple")
-        axes[3].set_ylabel("reference\ndelay (ms)")
+        axes[3].plot(t, c["ref_delay_ms"], color="tab:purple", marker=".")
+        axes[3].set_ylabel("reference delay\napplied (ms)")
+        axes[3].set_ylim(0, 1.25 * _top(c["ref_delay_ms"], 50.0))
     axes[-1].set_xlabel("time since start (s)")
     for a in axes:
         a.grid(True, alpha=0.3)

@@ -285,7 +285,7 @@ class Daemon:
         log.info("stopping")
         summary = self.snapshot(seconds, 0)
         if self.timeline is not None:  # the last part-second too
-            self.timeline.add(self.snapshot(seconds, self._report_from))
+            self._add_row(self.snapshot(seconds, self._report_from), self._alignment()[1])
         self._close()
         self.state_file.remove()
         self.gc.stop()
@@ -380,6 +380,11 @@ class Daemon:
         text = a.describe() if callable(getattr(a, "describe", None)) else str(a)
         return text, {"describe": text, **{k: v for k, v in figures.items() if v is not None}}
 
+    def _add_row(self, snap: Snapshot, align: dict[str, Any]) -> None:
+        if self.timeline is not None:
+            delay = align.get("applied_ms")
+            self.timeline.add(snap, float(delay) if isinstance(delay, (int, float)) else None)
+
     def _report(self, snap: Snapshot) -> None:
         align_text, align = self._alignment()
         extra = f" | {align_text}" if align_text else ""
@@ -387,9 +392,7 @@ class Daemon:
             self.notify("STATUS=" + snap.status(self.settings.mode, self.model_label()) + extra)
         if self.measure:
             self.out(snap.line() + extra)
-        if self.timeline is not None:
-            delay = align.get("applied_ms")
-            self.timeline.add(snap, float(delay) if isinstance(delay, (int, float)) else None)
+        self._add_row(snap, align)
         state = {"pid": os.getpid(), "updated": time.time(), "uptime_s": round(snap.seconds, 1),
                  "state": self.state.value, "mode": self.settings.mode, "model": self.model_label(),
                  "runtime": self.runtime_label(), "devices": self.pipeline.describe() if self.pipeline else None,
