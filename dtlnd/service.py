@@ -151,7 +151,7 @@ class Daemon:
 
     def model_label(self) -> str:
         """The processor's own label once the engine gives one; else built from the settings."""
-        label = getattr(self.processor, "label", None)
+        label = self._engine("label", None)
         if label:
             return str(label)
         s = self.settings
@@ -159,7 +159,17 @@ class Daemon:
         return first + (f"+{s.ns_model or DEFAULT_MODELS['ns']}" if s.mode == "aec+ns" else "")
 
     def runtime_label(self) -> str:
-        return str(getattr(self.processor, "runtime", None) or self.settings.runtime)
+        return str(self._engine("runtime", None) or self.settings.runtime)
+
+    def _engine(self, name: str, default: Any) -> Any:
+        """An engine figure (``label``, ``runtime``, ``nonfinite``, ``resets``) of the processor, or of the
+        processor a wrapper (the reference alignment's) holds as ``inner``, when the wrapper does not pass it on."""
+        p: Any = self.processor
+        while p is not None:
+            if hasattr(p, name):
+                return getattr(p, name)
+            p = getattr(p, "inner", None)
+        return default
 
     def _signals(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -368,7 +378,7 @@ class Daemon:
     def snapshot(self, seconds: float, since: int) -> Snapshot:
         p = self.pipeline
         return measure.take(self.stats, seconds, since, p.latency() if p is not None else None,
-                            int(getattr(self.processor, "nonfinite", 0)), int(getattr(self.processor, "resets", 0)))
+                            int(self._engine("nonfinite", 0)), int(self._engine("resets", 0)))
 
     def _alignment(self) -> tuple[str, dict[str, Any]]:
         """The reference alignment's own words and figures (aec modes), or ``("", {})``."""
