@@ -74,10 +74,8 @@ class ProcessUsage:
         ``bytes.find``, so the audio callbacks are not held up by a parse.
         """
         try:
-            with open("/proc/self/smaps_rollup", "rb") as f:
-                rollup = f.read()
-            with open("/proc/self/smaps", "rb") as f:
-                smaps = f.read() if SHM_PREFIX in _maps() else b""
+            rollup = _read("/proc/self/smaps_rollup")
+            smaps = _read("/proc/self/smaps") if SHM_PREFIX in _read("/proc/self/maps") else b""
         except OSError:
             return None
         total = _field_kib(rollup, 0)
@@ -90,8 +88,8 @@ class ProcessUsage:
         return total
 
 
-def _maps() -> bytes:
-    with open("/proc/self/maps", "rb") as f:
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
         return f.read()
 
 
