@@ -407,7 +407,7 @@ class Daemon:
                  "state": self.state.value, "mode": self.settings.mode, "model": self.model_label(),
                  "runtime": self.runtime_label(), "devices": self.pipeline.describe() if self.pipeline else None,
                  **snap.as_dict(), "extra": {"alignment": align} if align else {},
-                 "cpu_percent": round(self._usage.cpu_percent(), 1), "rss_kib": self._usage.rss_kib(),
+                 "cpu_percent": round(self._usage.cpu_percent(), 1), "rss_kib": self._usage.rss_cached(),
                  "gc_max_ms": round(self.gc.max_ms, 3)}
         why = self.state_file.write(state)
         if why is not None:

@@ -51,8 +51,18 @@ def runtime_dirs() -> list[Path]:
 class ProcessUsage:
     """This process's CPU share since the last call, and RSS without JACK's shared segments."""
 
+    RSS_EVERY = 5.0  # seconds: reading smaps costs ~6 ms of kernel time here (a JACK client maps a lot)
+
     def __init__(self) -> None:
         self._last = (time.monotonic(), self._cpu())
+        self._rss: tuple[float, Optional[int]] = (-self.RSS_EVERY, None)
+
+    def rss_cached(self) -> Optional[int]:
+        """`rss_kib`, read at most every `RSS_EVERY` seconds."""
+        now = time.monotonic()
+        if now - self._rss[0] >= self.RSS_EVERY:
+            self._rss = (now, self.rss_kib())
+        return self._rss[1]
 
     @staticmethod
     def _cpu() -> float:
