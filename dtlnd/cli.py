@@ -3,7 +3,7 @@
 Exit statuses: 0 success; 1 a check failed (``bench`` found nothing to run,
 ``models verify`` found a bad file, ``status`` found a stale state file); 3
 ``status``: no daemon running; 64 bad command line; 65 bad input file;
-69 audio device unavailable; 73 output not writable; 78 bad configuration
+69 audio device or optional extra unavailable; 73 output not writable; 78 bad configuration
 or model; 130 interrupted.
 """
 
@@ -275,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     from . import demo
 
     demo.add_parser(sub)
+
+    from . import evaluate
+
+    evaluate.add_parser(sub)
     return parser
 
 

@@ -248,7 +248,7 @@ def _check_rules(key: Key, value: Any) -> None:
         lo, hi = key.range
         if not lo <= value <= hi:
             unit = f" {key.unit}" if key.unit else ""
-            raise ConfigError(f"{key.name}: {value}{unit} is out of range: use {lo:g}..{hi:g}{unit}")
+            raise ConfigError(f"{key.name}: {value:g}{unit} is out of range: use {lo:g}..{hi:g}{unit}")
 
 
 # -- typos ---------------------------------------------------------------------------

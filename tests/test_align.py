@@ -198,5 +198,5 @@ def test_process_prints_the_delay_it_applied(tmp_path, farend):
     assert "echo lag 235." in r.stderr and "reference shifted +192 ms" in r.stderr, r.stderr
     assert rms_dbfs(read(tmp_path / "out.wav")) <= -60
     r = dtlnd("process", src, tmp_path / "out.wav", "--mode", "aec", "--ref-delay", "-250")
-    assert r.returncode == 78 and "ref_delay: -250 ms is out of range" in r.stderr, r.stderr
+    assert r.returncode == 64 and "--ref-delay -250 ms is out of range" in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1
