@@ -1,8 +1,8 @@
 """Live status: the daemon's state file, and ``dtlnd status`` that reads it.
 
 The running daemon rewrites ``status.json`` in its runtime directory once a
-second (write to a temporary file, then rename: a reader never sees half a
-file) and removes it when it stops.  The directory is ``$DTLND_RUNTIME_DIR``
+second (through `dtlnd.atomic`: a reader never sees half a file) and
+removes it when it stops.  The directory is ``$DTLND_RUNTIME_DIR``
 when set; else systemd's ``$RUNTIME_DIRECTORY`` (``RuntimeDirectory=dtlnd``
 of the units: ``/run/dtlnd`` for the system unit); else
 ``$XDG_RUNTIME_DIR/dtlnd`` for a user; else ``/run/dtlnd``.
@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
+
+from .atomic import atomic_write
 
 FILE_NAME = "status.json"
 STALE_AFTER = 5.0  # seconds without an update before a live PID counts as stuck
@@ -125,15 +126,9 @@ class StateFile:
             return None
         try:
             self.folder.mkdir(mode=0o755, parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".status.", dir=self.folder)
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump(state, f, separators=(",", ":"))
-                os.chmod(tmp, 0o644)  # readable by `dtlnd status` as any user
-                os.replace(tmp, self.path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            with atomic_write(self.path) as f:
+                os.fchmod(f.fileno(), 0o644)  # readable by `dtlnd status` as any user, whatever the umask
+                f.write(json.dumps(state, separators=(",", ":")).encode())
         except OSError as exc:
             self.usable = False
             return f"no live status: cannot write {self.path}: {exc.strerror or exc}"
