@@ -55,8 +55,10 @@ def test_status_json_shows_blocks_rising_and_no_daemon_fails(rig, speech_raw, tm
     a, b = json.loads(first.stdout), json.loads(second.stdout)
     print(f"\nblocks {a['blocks']} -> {b['blocks']} in 2 s; {b['engine']}, rss {b['rss_kib']} KiB, "
           f"cpu {b['cpu_percent']}%\n{text.stdout}")
-    # 2 s are 250 blocks; a loaded machine may delay a state write by a tick.
-    assert 150 <= b["blocks"] - a["blocks"] <= 350, (a["blocks"], b["blocks"])
+    # The two files' own clocks: `status` itself takes a while to start on a loaded machine.
+    span = b["updated"] - a["updated"]
+    rate = (b["blocks"] - a["blocks"]) / span
+    assert span >= 1.5 and 100 <= rate <= 150, (a["blocks"], b["blocks"], span)  # 125 blocks a second
     assert b["pid"] == d.pid and b["state"] == "flowing" and b["devices"].startswith("input 'rig_file_mic_in'")
     assert b["latency_ms"]["total"] > 24 and b["rss_kib"] > 10_000
     assert "blocks" in text.stdout and "latency:" in text.stdout
