@@ -33,12 +33,12 @@ from .gcpolicy import Collector
 from .measure import BlockStats, Snapshot
 from .notify import Notifier
 from .status import ProcessUsage, StateFile
+from .watch import Backoff, StallWatch
 
 log = logging.getLogger("dtlnd")
 
 TICK = 0.05  # supervisor period, seconds
-STALL = 1.5  # seconds without callbacks before a stream counts as dead
-BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
+CLOSE_WAIT = 2.0  # seconds a stop waits for the streams to close (systemd's TimeoutStopSec= is 5)
 
 
 class State(enum.Enum):
@@ -47,66 +47,6 @@ class State(enum.Enum):
     LOST = "lost"
     RELOADING = "reloading"
     STOPPING = "stopping"
-
-
-class Backoff:
-    """When to try opening again: `BACKOFF` steps, the last repeating."""
-
-    def __init__(self) -> None:
-        self.attempt = 0
-        self.next_try = 0.0
-        self.since = 0.0
-
-    def start(self, now: float) -> None:
-        self.attempt, self.since, self.next_try = 0, now, now + BACKOFF[0]
-
-    def due(self, now: float) -> bool:
-        return now >= self.next_try
-
-    def failed(self, now: float) -> None:
-        self.attempt += 1
-        self.next_try = now + BACKOFF[min(self.attempt, len(BACKOFF) - 1)]
-
-
-class StallWatch:
-    """Whether both directions (input blocks, output callbacks) keep moving.
-
-    Both must move: a wedged output under a live input is a stall too.  The
-    counts at ``restart`` are the baseline, so "flowing" means callbacks ran
-    after the (re)open, not before it.
-    """
-
-    def __init__(self, stats: BlockStats) -> None:
-        self.stats = stats
-        self.restart(0.0)
-
-    def _counts(self) -> tuple[int, int]:
-        return self.stats.blocks, self.stats.outputs
-
-    def restart(self, now: float) -> None:
-        self.base = self.seen = self.pinged = self._counts()
-        self.moved = [now, now]
-
-    def update(self, now: float) -> None:
-        counts = self._counts()
-        self.moved = [now if c != old else t for c, old, t in zip(counts, self.seen, self.moved)]
-        self.seen = counts
-
-    @property
-    def started(self) -> bool:
-        """Both callbacks ran since ``restart``."""
-        return all(c > b for c, b in zip(self.seen, self.base))
-
-    def stalled(self, now: float) -> Optional[str]:
-        """Why the audio counts as lost, or None; names the side only when the other moved lately."""
-        quiet = [now - t for t in self.moved]
-        if max(quiet) <= STALL:
-            return None
-        side = "" if min(quiet) > STALL / 2 else ("input " if quiet[0] > quiet[1] else "output ")
-        return f"no {side}audio for {STALL:.1f} s"
-
-    def moved_since_ping(self) -> bool:
-        return all(c != p for c, p in zip(self.seen, self.pinged))
 
 
 class Daemon:
@@ -139,6 +79,7 @@ class Daemon:
         self._last_ping = 0.0
         self.gc = Collector()
         self._report_from = 0  # the first block of the current report's second
+        self.wedged = False  # the streams did not close at the stop
 
     # -- set-up --------------------------------------------------------------
 
@@ -296,13 +237,16 @@ class Daemon:
         summary = self.snapshot(seconds, 0)
         if self.timeline is not None:  # the last part-second too
             self._add_row(self.snapshot(seconds, self._report_from), self._alignment()[1])
-        self._close()
+        t0 = time.monotonic()
+        if self._close_bounded(CLOSE_WAIT):
+            log.debug("streams closed in %.2f s", time.monotonic() - t0)
+        else:
+            self.wedged = True
+            log.warning("the audio streams did not close within %.0f s (a wedged driver); exiting without them",
+                        CLOSE_WAIT)
         self.state_file.remove()
         self.gc.stop()
-        if self.timeline is not None and self.plot is not None:
-            from . import plot
-
-            plot.write(self.plot, self.timeline, f"{self.settings.mode} {self.model_label()}")
+        status = 0
         if self.measure:
             # Audio that stopped (or never started) in the run's last seconds: too short for a stall.
             more = [] if ended_in is State.FLOWING else [f"audio not flowing at the end ({ended_in.value})"]
@@ -311,8 +255,14 @@ class Daemon:
                      ] if align_text else []
             for line in summary.summary(self.settings.mode, self.model_label(), more, notes):
                 self.out(line)
-            return 1 if summary.causes(more) else 0
-        return 0
+            status = 1 if summary.causes(more) else 0
+        if self.timeline is not None and self.plot is not None:
+            from . import plot
+
+            t0 = time.monotonic()
+            plot.write(self.plot, self.timeline, f"{self.settings.mode} {self.model_label()}")
+            log.debug("plot written to %s in %.2f s", self.plot, time.monotonic() - t0)
+        return status
 
     # -- opening and closing -----------------------------------------------------
 
@@ -342,6 +292,21 @@ class Daemon:
         p, self.pipeline = self.pipeline, None
         if p is not None:
             p.close()
+
+    def _close_bounded(self, timeout: float) -> bool:
+        """Close in a helper thread and wait at most ``timeout`` s; False when the close is still stuck.
+
+        Seen on the rig: after a 300 ms SIGSTOP, JACK may drop the client and
+        PortAudio's abort then blocks for minutes.  A stop must still end
+        within systemd's TimeoutStopSec, with the summary printed.
+        """
+        p, self.pipeline = self.pipeline, None
+        if p is None:
+            return True
+        closer = threading.Thread(target=p.close, name="dtlnd-close", daemon=True)
+        closer.start()
+        closer.join(timeout)
+        return not closer.is_alive()
 
     def _do_reload(self, now: float) -> None:
         if self.config_path is None:
@@ -436,9 +401,13 @@ def run(config_path: Optional[Path], overrides: Mapping[str, Any], measure: bool
     daemon = Daemon(settings, config_path, overrides, measure, duration, out=lambda line: print(line, flush=True),
                     plot=plot)
     try:
-        return daemon.run()
+        status = daemon.run()
     except DeviceError:
         daemon.notify("STOPPING=1")
         raise
     finally:
         sys.stdout.flush()
+    if daemon.wedged:  # PortAudio's exit handler would block on the same streams: leave without it
+        sys.stderr.flush()
+        os._exit(status)
+    return status

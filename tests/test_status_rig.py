@@ -122,7 +122,11 @@ def test_plot_on_the_rig(rig, speech_raw, tmp_path):
     d.signal(signal.SIGSTOP)
     time.sleep(0.3)
     d.signal(signal.SIGCONT)
-    d.wait(30)
+    try:
+        d.wait(30)
+    except subprocess.TimeoutExpired:
+        d.kill()
+        raise AssertionError(f"no exit 30 s after a 6 s run:\n{d.stdout}\n{d.stderr}") from None
     assert "Traceback" not in d.stderr, d.stderr
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
