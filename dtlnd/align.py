@@ -44,8 +44,12 @@ CONFIDENCE_MIN = 12.0
 #: Consecutive confident estimates within `AGREE_MS` needed to accept a lag.
 VOTES = 2
 AGREE_MS = 2.0
-#: Keep the alignment while the lead it gives is within this of ``ref_lead`` (measured flat region).
+#: Keep the alignment while the lead it gives is within this of ``ref_lead``.  The curve is flat
+#: (-69 to -73 dBFS) for leads of 8-100 ms, but under drift a band of -24/+48 ms measured 6 dB worse.
 HOLD_MS = 24.0
+#: A change of more hops than this (96 ms) also zeroes the echo canceller's LSTM states: they had
+#: adapted to a reference too far off to cancel.  Smaller ones (drift, a re-centre) only crossfade.
+RESET_STEP_HOPS = 12
 #: The microphone may be delayed at most this much when the reference trails the echo.
 MIC_DELAY_MAX_MS = 200.0
 #: Levels (dBFS RMS over a window) below which a signal counts as inactive.
@@ -315,7 +319,7 @@ class AlignedReference(NamedTuple):
     #: what was found and done, for the log, and its level
     text: str
     level: int
-    #: samples at which the echo canceller's states are zeroed (each later change: as live)
+    #: samples at which the echo canceller's states are zeroed (changes over `RESET_STEP_HOPS`, as live)
     resets: tuple[int, ...]
 
 
@@ -335,7 +339,8 @@ def align_reference(mic: np.ndarray, far: np.ndarray, ref_delay: Union[str, floa
                                     f"{far[0]:.3g}): wrong channel or nothing played; the microphone passes "
                                     "through as it is", logging.WARNING, ())
         found = align_file(mic, far, lead_ms, ref_delay_max)
-        resets = tuple(at for at, _ in found.schedule[1:])
+        resets = tuple(at for (_, was), (at, shift) in zip(found.schedule, found.schedule[1:])
+                       if abs(shift - was) > RESET_STEP_HOPS * SHIFT)
         return AlignedReference(shift_reference(far, found.schedule), found.describe(), logging.INFO, resets)
     shift = round(ms_to_samples(float(ref_delay)) / SHIFT) * SHIFT
     text = f"reference alignment: fixed, reference shifted {samples_to_ms(shift):+.0f} ms"

@@ -15,12 +15,14 @@ input callback (`write`) and read by the output callback (`read`):
   what the engine wrote is exactly what the loopback plays.  Each read
   moves that mean by at most one block / 125, so late callbacks (a read
   that finds the fill a block or more off) cannot push it out of the band.
-* A step in the fill (a stall or an xrun on one side, a burst) that stays
-  more than 1.5 blocks off home for 16 reads (~130 ms) is undone at once
-  by dropping or repeating whole 128-sample blocks of the ring, counted in
-  ``stats.dropped`` / ``stats.inserted``: latency is back within half a
-  block of the target in well under a second, with no resampling; home is
-  then learned again.
+* A step in the fill (a stall or an xrun on one side, a burst) shows as a
+  fast (~60 ms) mean of the fill leaving the slow one by more than 3/4 of
+  a block and staying away for 16 reads (~130 ms); slow drift cannot do
+  that (0.1 % puts them 16 samples apart), a late callback does not last.
+  It is undone at once by dropping or repeating whole 128-sample blocks of
+  the ring, counted in ``stats.dropped`` / ``stats.inserted``, so the fill
+  is back within half a block of the target in well under a second, with
+  no resampling; home is then learned again.
 * Slow drift (two independent clocks, the normal case on real hardware)
   takes the mean fill out of that band gradually; then the reader
   resamples (4-point Catmull-Rom interpolation) at a rate set by a PI loop
@@ -44,6 +46,7 @@ shared `BlockStats`, each with this bridge as its single writer.
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import numpy as np
@@ -54,7 +57,7 @@ from .measure import BlockStats
 
 class ClockBridge:
     def __init__(self, target: int, block: int = SHIFT, capacity: int = 1 << 14,
-                 out_step: float = 1.0, time_constant: float = 2.0, max_correction: float = 0.005,
+                 out_step: float = 1.0, time_constant: float = 1.0, max_correction: float = 0.005,
                  stats: Optional[BlockStats] = None, max_read: int = 4096) -> None:
         """``target``: samples held between writer and reader (the buffering latency).
 
@@ -70,7 +73,7 @@ class ClockBridge:
         self._buf = np.zeros(capacity, np.float32)
         self._step = out_step
         self._band = block // 4  # the mean fill may wander this far from home before resampling
-        self._tolerance = block + block // 2  # a step this far off home is undone by whole blocks
+        self._step_size = block // 2  # the fast mean this far from the slow one is a step, not drift
         self._hold = 16  # reads a step must last before it is undone (jitter and bursts last less)
         self._settle = RATE // 2  # 16 kHz samples read while home is learned
         self._gain = 1.0 / (RATE * time_constant)
@@ -95,13 +98,16 @@ class ClockBridge:
         """Empty the ring; the reader waits for ``target`` samples again."""
         self._buf.fill(0.0)
         self.written = 0
+        self._t_write = 0
         self.read_pos = 0.0
         self.primed = False
         self.engaged = False
         self.ratio = 1.0
         self._integral = 0.0
         self.home = float(self.target)
+        self._home0: Optional[float] = None
         self.mean_fill = self.fast_fill = float(self.target)
+        self.fill_seen = float(self.target)  # the last read's fill, corrected for the writer's phase
         self._settled = 0.0  # 16 kHz samples read since priming, up to ``_settle``
         self._settle_sum = 0.0
         self._settle_reads = 0
@@ -129,7 +135,9 @@ class ClockBridge:
 
     # -- writer (input callback) ----------------------------------------
 
-    def write(self, block: np.ndarray) -> None:
+    def write(self, block: np.ndarray, now_ns: Optional[int] = None) -> None:
+        """Append ``block``; ``now_ns``: the monotonic time of this write (default: now)."""
+        self._t_write = time.perf_counter_ns() if now_ns is None else now_ns
         n = len(block)
         start = self.written % self.capacity
         end = start + n
@@ -147,8 +155,12 @@ class ClockBridge:
     def fill(self) -> float:
         return self.written - self.read_pos
 
-    def read(self, out: np.ndarray) -> None:
-        """Fill ``out`` with the next samples (one for one, or resampled while correcting drift)."""
+    def read(self, out: np.ndarray, now_ns: Optional[int] = None) -> None:
+        """Fill ``out`` with the next samples (one for one, or resampled while correcting drift).
+
+        ``now_ns``: the monotonic time of this read (default: now).
+        """
+        now = time.perf_counter_ns() if now_ns is None else now_ns
         n = len(out)
         w = self.written
         if not self.primed:
@@ -162,10 +174,17 @@ class ClockBridge:
             # Beyond anything a block step is for (a stall of a second or more): start afresh.
             self.read_pos = float(w - self.target)
             self.mean_fill = self.fast_fill = self.home = float(self.target)
+            self._home0 = None
+            self._settled = self._settle_sum = 0.0
+            self._settle_reads = 0
             self._off_reads = 0
             self.stats.resyncs += 1
         else:
-            self._track(fill, n * self._step)
+            # Where the writer is by now (at most a block on): the fill then does not depend on which
+            # callback of a cycle runs first, which flips at random on one clock.
+            ahead = min(self.block, max(0, (now - self._t_write) * RATE // 1_000_000_000))
+            self.fill_seen = fill + ahead
+            self._track(self.fill_seen, n * self._step)
         step = self._step * self.ratio
         pos = self.read_pos
         if step == 1.0 and pos == int(pos):
@@ -176,29 +195,38 @@ class ClockBridge:
 
     def _track(self, fill: float, samples: float) -> None:
         """Learn home, undo steps by whole blocks, and steer the read rate on slow drift."""
-        # A late callback is one read far off: clamped, it moves the mean by a sample at most.
-        dev = max(-self.block, min(self.block, fill - self.mean_fill))
+        # A late callback is one read far off: clamped, it moves the mean by a quarter sample at most.
+        lim = self.block / 4
+        dev = max(-lim, min(lim, fill - self.mean_fill))
         self.mean_fill += self._alpha * dev
         self.fast_fill += self._alpha_fast * (fill - self.fast_fill)
         if self._settled < self._settle:
             self._learn_home(fill, samples)
             return
-        off = self.fast_fill - self.home
-        if abs(off) > self._tolerance:
+        # A step: the fast mean leaves the slow one (which moves a sample per read at most) and stays away.
+        # Counted once the fill has settled near the fast mean: not while it still moves (the stall itself).
+        if abs(self.fast_fill - self.mean_fill) <= self._step_size or abs(fill - self.fast_fill) > self._step_size:
+            self._off_reads, self._off_sum = 0, 0.0
+        else:
             self._off_reads += 1
             self._off_sum += fill
             if self._off_reads >= self._hold:
-                # Back to the target (not home: the callbacks' phase may have moved), then learn home anew.
-                k = round((self._off_sum / self._off_reads - self.target) / self.block)
-                if k:
-                    self._shift(k)
-                self._off_reads, self._off_sum = 0, 0.0
-                self._settled = self._settle_sum = 0.0
-                self._settle_reads = 0
+                self._undo_step(self._off_sum / self._off_reads)
                 return
-        else:
-            self._off_reads, self._off_sum = 0, 0.0
         self._control()
+
+    def _undo_step(self, fill: float) -> None:
+        """Back to the first home by whole blocks (none if within half a block), then learn home anew.
+
+        Learned anew: the callbacks' phase may have moved by a fraction of a block.
+        """
+        k = round((fill - (self.home if self._home0 is None else self._home0)) / self.block)
+        self.mean_fill = self.fast_fill = fill
+        if k:
+            self._shift(k)
+        self._off_reads, self._off_sum = 0, 0.0
+        self._settled = self._settle_sum = 0.0
+        self._settle_reads = 0
 
     def _learn_home(self, fill: float, samples: float) -> None:
         """Average the fill over half a second: home is where it sits on one clock."""
@@ -208,11 +236,16 @@ class ClockBridge:
         if self._settled < self._settle:
             return
         home = self._settle_sum / self._settle_reads
-        # Within 1.5 blocks of the target it is the callbacks' phase: keep it (no step at start).
-        k = round((home - self.target) / self.block) if abs(home - self.target) > self._tolerance else 0
+        if self._home0 is None:
+            # The fill priming gave, seen at the callbacks' phase; more than 1.5 blocks off the
+            # target it is a start-up burst, not phase: back to the target by whole blocks first.
+            off = home - self.target
+            k0 = round(off / self.block) if abs(off) > self.block + self.block // 2 else 0
+            self._home0 = home - k0 * self.block
+        k = round((home - self._home0) / self.block)
         self.home = home - k * self.block
         self.mean_fill = self.fast_fill = home
-        if k:
+        if k:  # what a step's undoing left over (the fill was still moving)
             self._shift(k)
 
     def _shift(self, k: int) -> None:

@@ -57,9 +57,11 @@ def _add_settings(p: argparse.ArgumentParser, *, run: bool, only: Sequence[str] 
             groups[key.process] = p.add_argument_group(title)
         choices = key.choices if key.base == {str} else None
         shown = "" if key.default is None else f" (default: {key.default})"  # the doc says what empty means
+        # A yes/no setting given alone (--pipeline) means yes.
+        switch = {"nargs": "?", "const": "true"} if bool in key.base else {}
         groups[key.process].add_argument(
             key.flag, dest=_dest(key), type=_flag_type(key), choices=choices, metavar=key.metavar,
-            default=None if run else key.default, help=key.doc + shown)
+            default=None if run else key.default, help=key.doc + shown, **switch)
 
 
 def _dest(key: config.Key) -> str:
@@ -92,7 +94,8 @@ def _options(args: argparse.Namespace) -> config.Settings:
 def _build_processor(args: argparse.Namespace, s: config.Settings) -> Any:
     from . import engine
 
-    return engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads, args.fft)
+    return engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads, args.fft,
+                        pipeline=s.pipeline, max_suppression=s.max_suppression)
 
 
 def _cmd_process(args: argparse.Namespace) -> int:
@@ -125,8 +128,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.blocks < 100:
         raise UsageError(f"--blocks {args.blocks}: use at least 100 for meaningful figures")
+    if args.paced_blocks < 100:
+        raise UsageError(f"--paced-blocks {args.paced_blocks}: use at least 100 for meaningful figures")
     return bench.run(args.model, args.model_dir, args.runtime, args.audio, args.ref, args.blocks,
-                     args.threads, args.fft, args.json, ref_delay=_options(args).ref_delay)
+                     args.threads, args.fft, args.json, args.paced, args.pipeline, args.paced_blocks,
+                     ref_delay=_options(args).ref_delay)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -267,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", type=Path, metavar="WAV", help="far-end audio for AEC pairs "
                    "(default: the input, delayed and attenuated)")
     p.add_argument("--blocks", type=int, default=3000, help="blocks timed per pair (default: %(default)s)")
+    p.add_argument("--paced", action="store_true",
+                   help="also time one block every 8 ms, as in real time, with CPU seconds per audio second, "
+                        "and print a recommendation")
+    p.add_argument("--paced-blocks", type=int, default=1000, metavar="N",
+                   help="blocks timed per pair when paced (default: %(default)s, 8 s each for engine and floor)")
+    p.add_argument("--pipeline", action="store_true",
+                   help="also time the pipelined engine (model 2 on a worker thread)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_settings(p, run=False, only=("ref_delay",))
     p.set_defaults(func=_cmd_bench)

@@ -117,6 +117,14 @@ class Settings:
                                    process=True)
     ref_lead: float = setting(40.0, "how far auto makes the reference lead the echo (DTLN-aec wants it early)",
                               flag="--ref-lead", metavar="MS", bounds=(0.0, 200.0), unit="ms", process=True)
+    max_suppression: Optional[float] = setting(
+        None, "the output never falls more than this below the input: the time-aligned input is mixed into "
+        "the output at 10^(-DB/20); empty: no limit", flag="--max-suppression", metavar="DB",
+        bounds=(0.0, 120.0), unit="dB", process=True)
+    pipeline: Union[bool, str] = setting(
+        False, "run model 2 (for aec+ns: the NS stage) on a second thread, 8 ms more latency; auto: when a "
+        "paced sequential block takes over half the 8 ms budget (measured at start)", flag="--pipeline",
+        metavar="true|false|auto", choices=("auto",), process=True)
 
     @property
     def input_channels(self) -> int:
@@ -175,6 +183,7 @@ def schema(cls: type = Settings, prefix: str = "") -> Iterator[Key]:
 
 # -- checking one value -----------------------------------------------------------
 
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path"}
 
 
@@ -217,10 +226,16 @@ def _coerce(key: Key, value: Any) -> Any:
         if number is None:
             raise bad(f"{value!r}: use {words} or a number{f' of {key.unit}' if key.unit else ''}")
         return number
-    if base == {bool}:
+    if bool in base:  # true or false, or one of a few words
+        options = tuple(str(c) for c in key.choices or ())
         if isinstance(value, bool):
             return value
-        raise bad(f"expected true or false, got {value!r}")
+        text = str(value).strip().lower()
+        if text in _BOOL_WORDS:
+            return _BOOL_WORDS[text]
+        if text in options:
+            return text
+        raise bad(f"expected true or false{''.join(f' or {w}' for w in options)}, got {value!r}")
     if base == {int}:
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             return int(value)
@@ -242,7 +257,8 @@ def _check_rules(key: Key, value: Any) -> None:
     if value is None:
         return
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if key.choices is not None and not is_number and value not in key.choices:
+    is_flag = isinstance(value, bool) and bool in key.base
+    if key.choices is not None and not is_number and not is_flag and value not in key.choices:
         raise ConfigError(f"{key.name}: {value!r} is not one of {', '.join(map(str, key.choices))}")
     if key.range is not None and is_number:
         lo, hi = key.range

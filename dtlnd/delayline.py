@@ -1,14 +1,14 @@
 """Reference alignment on the audio path: delay lines, the estimator's feed, and its worker.
 
 `AlignedProcessor` wraps an echo-cancelling hop processor.  Per hop it
-copies the raw microphone and reference into a preallocated ring for the
-estimator, and passes both through whole-hop delay lines before the model.
-Everything it does per hop is copies and ufuncs into preallocated arrays,
-with indices kept below 257 (CPython's cached ints): it allocates nothing,
-never blocks and never logs.
+writes the raw microphone and reference into whole-hop delay lines and
+hands the model views of the delayed hops; the lines' 2 s of raw input are
+also the estimator's feed.  Per hop that is two copies (four ufuncs while a
+change crossfades) into preallocated arrays, with indices kept below 257
+(CPython's cached ints): it allocates nothing, never blocks, never logs.
 
 The estimator (`Aligner`) runs in a worker thread: every 0.25 s it takes the
-new hops from the ring, decimates them (soxr) and, every 0.5 s, runs
+new hops from the delay lines, decimates them (soxr) and, every 0.5 s, runs
 `dtlnd.align.estimate` on the last 2 s.  When the `Tracker` accepts a new
 lag it sets the delay lines' targets; the audio path applies a target at
 its next hop with a one-hop (8 ms) crossfade, so a change never clicks.
@@ -25,18 +25,19 @@ from typing import Any, Optional, Union, cast
 import numpy as np
 
 from . import align
-from .align import EST_RATE, STEP_S, WINDOW_S, Tracker, ms_to_samples, samples_to_ms
+from .align import EST_RATE, RESET_STEP_HOPS, STEP_S, WINDOW_S, Tracker, ms_to_samples, samples_to_ms
 from .constants import RATE, SHIFT
 from .engine import HopProcessor
 
 log = logging.getLogger("dtlnd")
 
-#: Seconds between the worker's looks at the ring.
+#: Seconds between the worker's looks at the delay lines' raw input.
 POLL_S = 0.25
-#: Seconds of hops the feed ring holds (the worker must look more often than this).
-RING_S = 2.0
-#: Longest delay line, in hops: indices must stay CPython cached ints (< 257).
+#: Longest delay, in hops (2 s); slots per delay line, one more.  Indices stay CPython cached ints (< 257).
 MAX_HOPS = 250
+SIZE = MAX_HOPS + 1
+#: Seconds of raw input the delay lines hold: the worker must look more often than this.
+RING_S = SIZE * SHIFT / RATE
 
 
 def _hops(ms: float) -> int:
@@ -44,92 +45,66 @@ def _hops(ms: float) -> int:
 
 
 class HopDelay:
-    """A delay of whole hops on a ring of preallocated hop slots.
+    """A delay of whole hops on a ring of `SIZE` preallocated hop slots.
 
     ``target`` may be set from another thread; `push` applies it at the next
-    hop, crossfading the old and the new read position over that hop.
+    hop, crossfading the old and the new read position over that hop.  The
+    ring also keeps the last 2 s of raw input for the estimator (`read`):
+    nothing is copied twice on the audio path.  Indices stay below 257
+    (CPython's cached ints), so `push` allocates nothing.
     """
 
     def __init__(self, max_hops: int) -> None:
         if not 0 <= max_hops <= MAX_HOPS:
             raise ValueError(f"delay line of {max_hops} hops: at most {MAX_HOPS}")
-        self.size = max_hops + 1
-        self._buf = np.zeros((self.size, SHIFT), np.float32)
+        self.max_hops = max_hops
+        self.size = SIZE
+        self._buf = np.zeros((SIZE, SHIFT), np.float32)
         self._rows = list(self._buf)
-        self._w = 0
+        #: the slot written next; the reader tells from it how many hops came since its last look
+        self.position = 0
+        self.generation = 0  # bumped by `clear`: the reader starts over
         self.hops = 0
         self.target = 0
-        self._comp = self.size  # size - hops: read index without a negative intermediate
+        self._comp = SIZE  # SIZE - hops: the read index without a negative intermediate
         ramp = ((np.arange(SHIFT) + 0.5) / SHIFT).astype(np.float32)
         self._fade_in, self._fade_out = ramp, (1.0 - ramp).astype(np.float32)
         self._tmp = np.zeros(SHIFT, np.float32)
+        self._out = np.zeros(SHIFT, np.float32)
 
-    def push(self, hop: np.ndarray, out: np.ndarray) -> None:
-        """Write one hop in and the hop from ``hops`` ago (after it) to ``out``."""
-        rows, w, h = self._rows, self._w, self.hops
+    def push(self, hop: np.ndarray) -> np.ndarray:
+        """Write one hop in; return the hop from ``hops`` ago (a view: use it before the next push)."""
+        rows, w, h = self._rows, self.position, self.hops
         np.copyto(rows[w], hop)
         r = w - h if w >= h else w + self._comp
+        nxt = w + 1
+        self.position = 0 if nxt == SIZE else nxt
         t = self.target
-        if t != h:
-            r2 = w - t if w >= t else w + (self.size - t)
-            np.multiply(rows[r], self._fade_out, out)
-            np.multiply(rows[r2], self._fade_in, self._tmp)
-            np.add(out, self._tmp, out)
-            self.hops = t
-            self._comp = self.size - t
-        else:
-            np.copyto(out, rows[r])
-        w += 1
-        self._w = 0 if w == self.size else w
+        if t == h:
+            return rows[r]
+        r2 = w - t if w >= t else w + (SIZE - t)
+        out = self._out
+        np.multiply(rows[r], self._fade_out, out)
+        np.multiply(rows[r2], self._fade_in, self._tmp)
+        np.add(out, self._tmp, out)
+        self.hops = t
+        self._comp = SIZE - t
+        return out
 
     def set(self, hops: int) -> None:
         """Jump to ``hops`` at once (before streaming starts)."""
-        if not 0 <= hops < self.size:
-            raise ValueError(f"delay of {hops} hops on a line of {self.size - 1}")
+        if not 0 <= hops <= self.max_hops:
+            raise ValueError(f"delay of {hops} hops on a line of {self.max_hops}")
         self.hops = self.target = hops
-        self._comp = self.size - hops
+        self._comp = SIZE - hops
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        """A copy of ``count`` raw hops from slot ``start`` on, as one signal."""
+        return self._buf[np.arange(start, start + count) % SIZE].ravel()
 
     def clear(self) -> None:
+        """Start over (streams stopped)."""
         self._buf.fill(0.0)
-
-
-class FeedRing:
-    """Raw microphone and reference hops for the estimator, and the slot written next.
-
-    Nothing on the writer's side allocates: the slots are preallocated views
-    and the position is an int below 257 (a counter, or a ufunc on a
-    1-element array, would allocate).  The reader tells how many hops came
-    since its last look from the position, so it must look more often than
-    the ring wraps (`RING_S`); the worker tells it when it did not.
-    """
-
-    def __init__(self, hops: int) -> None:
-        if not 16 <= hops <= MAX_HOPS:
-            raise ValueError(f"feed ring of {hops} hops: use 16..{MAX_HOPS}")
-        self.hops = hops
-        self.mic = np.zeros((hops, SHIFT), np.float32)
-        self.far = np.zeros((hops, SHIFT), np.float32)
-        self._slots = [(self.mic[i], self.far[i]) for i in range(hops)]
-        self.position = 0
-        self.generation = 0
-
-    def push(self, mic: np.ndarray, far: np.ndarray) -> None:
-        w = self.position
-        m, f = self._slots[w]
-        np.copyto(m, mic)
-        np.copyto(f, far)
-        w += 1
-        self.position = 0 if w == self.hops else w
-
-    def read(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of ``count`` hops from slot ``start`` on, as flat signals."""
-        idx = np.arange(start, start + count) % self.hops
-        return self.mic[idx].ravel(), self.far[idx].ravel()
-
-    def reset(self) -> None:
-        """Start over (streams stopped): the worker sees the new generation and restarts."""
-        self.mic.fill(0.0)
-        self.far.fill(0.0)
         self.position = 0
         self.generation += 1
 
@@ -169,15 +144,14 @@ class _Shifts:
 
 
 class Aligner(_Shifts):
-    """The estimator worker: ring -> decimated window -> `Tracker` -> delay-line targets.
+    """The estimator worker: delay lines' raw input -> decimated window -> `Tracker` -> their targets.
 
     Also what ``processor.alignment`` reports: ``lag_ms``, ``applied_ms``,
     ``mic_delay_ms``, ``confidence``, ``state``, ``cpu_per_s``, `describe`.
     """
 
-    def __init__(self, ring: FeedRing, far_line: HopDelay, mic_line: HopDelay, lead_ms: float,
-                 max_ms: float) -> None:
-        self.ring, self.far_line, self.mic_line = ring, far_line, mic_line
+    def __init__(self, far_line: HopDelay, mic_line: HopDelay, lead_ms: float, max_ms: float) -> None:
+        self.far_line, self.mic_line = far_line, mic_line
         self.tracker = Tracker(lead_ms, max_ms)
         self._win = int(WINDOW_S * EST_RATE)
         self._step = int(STEP_S * EST_RATE)
@@ -192,7 +166,7 @@ class Aligner(_Shifts):
     def _restart(self) -> None:
         import soxr
 
-        self._gen = self.ring.generation
+        self._gen = self.mic_line.generation
         self._seen = 0
         self._dec = soxr.ResampleStream(RATE, EST_RATE, 2, dtype="float32", quality="HQ")
         self._buf = np.zeros((0, 2), np.float32)
@@ -212,31 +186,34 @@ class Aligner(_Shifts):
     # -- the worker's round ------------------------------------------------------
 
     def poll(self, overrun: bool = False) -> None:
-        """Take what the ring got since the last round; estimate every `STEP_S` of it.
+        """Take the hops written since the last round; estimate every `STEP_S` of them.
 
-        ``overrun``: the last round was so long ago that the ring may have
-        wrapped: start over from what it holds.
+        ``overrun``: the last round was so long ago that the lines may have
+        wrapped: start over from what they hold.
         """
         t0 = time.thread_time()
-        if self.ring.generation != self._gen:
+        if self.mic_line.generation != self._gen:
             self._restart()
-        pos, size = self.ring.position, self.ring.hops
+        pos, size = self.mic_line.position, SIZE  # both lines are written in the same hop
         count = (pos - self._seen) % size
         if overrun:
             self._restart()
             count = size - 8  # 8 hops of margin from the writer
         if count:
-            mic, far = self.ring.read((pos - count) % size, count)
+            first = (pos - count) % size
+            mic, far = self.mic_line.read(first, count), self.far_line.read(first, count)
             self._seen = pos
             if not (np.isfinite(mic).all() and np.isfinite(far).all()):  # NaN would blank every window holding it
                 mic, far = (np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) for x in (mic, far))
             self._watch_reference(mic, far)
+            time.sleep(0)  # let the audio thread have the GIL between steps (CPython forces it only every 5 ms)
             dec = self._dec.resample_chunk(np.stack([mic, far], axis=1))
             self._buf = np.concatenate([self._buf, dec])[-self._win:]
             self._since += len(dec)
             self.audio_s += len(mic) / RATE
             if self._since >= self._step and len(self._buf) >= self._win:
                 self._since = 0
+                time.sleep(0)
                 self._estimate()
         self.cpu_s += time.thread_time() - t0
 
@@ -325,8 +302,25 @@ class FixedAlignment(_Shifts):
         pass
 
 
+def echo_stage(processor: Any) -> Any:
+    """The echo canceller inside ``processor``: itself, a chain's first stage, or what a wrapper wraps."""
+    p = processor
+    for _ in range(8):
+        if hasattr(p, "pair"):
+            return p
+        stages = getattr(p, "stages", None)
+        p = stages[0] if stages else getattr(p, "inner", None)
+        if p is None:
+            break
+    raise TypeError(f"{type(processor).__name__} holds no model pair to align the reference for")
+
+
 class AlignedProcessor:
-    """An echo-cancelling hop processor behind reference and microphone delay lines."""
+    """An echo-cancelling hop processor behind reference and microphone delay lines.
+
+    Anything else asked of it (label, runtime, fault counters) is the inner
+    processor's.
+    """
 
     channels = 2
 
@@ -334,17 +328,13 @@ class AlignedProcessor:
                  start: bool = True) -> None:
         self.inner = inner
         self.stages: tuple[Any, ...] = getattr(inner, "stages", (inner,))
-        self.fft_backend = getattr(self.stages[0], "fft_backend", None)
+        self.fft_backend = getattr(echo_stage(inner), "fft_backend", None)
         self.far_line = HopDelay(_hops(ref_delay_max))
         self.mic_line = HopDelay(_hops(align.MIC_DELAY_MAX_MS))
-        self._far = np.zeros(SHIFT, np.float32)
-        self._mic = np.zeros(SHIFT, np.float32)
         self._inner_hop = inner.process_hop
-        self.ring: Optional[FeedRing] = None
         self.alignment: Union[Aligner, FixedAlignment]
         if ref_delay == "auto":
-            self.ring = FeedRing(round(RING_S * RATE / SHIFT))
-            self.alignment = Aligner(self.ring, self.far_line, self.mic_line, ref_lead, ref_delay_max)
+            self.alignment = Aligner(self.far_line, self.mic_line, ref_lead, ref_delay_max)
             if start:
                 self.alignment.start()
         else:
@@ -355,23 +345,20 @@ class AlignedProcessor:
         self.process_hop = self._build_hop()
 
     def _build_hop(self):
-        ring_push = self.ring.push if self.ring is not None else None
         mic_line, far_line = self.mic_line, self.far_line
         mic_push, far_push, inner = mic_line.push, far_line.push, self._inner_hop
-        mic_d, far_d = self._mic, self._far
-        # A new alignment zeroes the echo canceller's LSTM states (windows and
-        # overlap-add stay, so the output does not jump): measured, it
-        # re-converges in about 0.5 s where keeping the states took 3-8 s.
-        reset_states = self.stages[0].pair.reset
+        # A big change zeroes the echo canceller's LSTM states (windows and
+        # overlap-add stay, so the output does not jump).  Measured: after a
+        # 296 ms shift the residual is under -60 dBFS 3 s in with the reset,
+        # 6 s without; after a 48 or 72 ms one the reset costs 3-5 dB.
+        reset_states = echo_stage(self.inner).pair.reset
 
         def process_hop(mic: np.ndarray, far: np.ndarray, out: np.ndarray) -> None:
-            if ring_push is not None:
-                ring_push(mic, far)
             if mic_line.target != mic_line.hops or far_line.target != far_line.hops:
-                reset_states()
-            mic_push(mic, mic_d)
-            far_push(far, far_d)
-            inner(mic_d, far_d, out)
+                step = abs(far_line.target - far_line.hops) + abs(mic_line.target - mic_line.hops)
+                if step > RESET_STEP_HOPS:
+                    reset_states()
+            inner(mic_push(mic), far_push(far), out)
         return process_hop
 
     @property
@@ -383,11 +370,17 @@ class AlignedProcessor:
         self.inner.reset()
         self.far_line.clear()
         self.mic_line.clear()
-        if self.ring is not None:
-            self.ring.reset()
 
     def close(self) -> None:
         self.alignment.close()
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (during __init__): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
 
 def wrap(processor: HopProcessor, mode: str, ref_delay: Union[str, float], ref_delay_max: float,

@@ -119,9 +119,10 @@ def load(src: Path, opts: offline.FileOptions, need_far: bool, clean: Optional[P
         clean_sig = align_clean(clean_sig, mic, clean.name)
     rec = Recording(src, mic, far, clean_sig)
     if far is not None:
-        rec.talk = metrics.detect_talk_type(mic, far) if talk == "auto" else talk
+        rec.talk = metrics.detect_talk_type(mic, far, clean_sig) if talk == "auto" else talk
         rec.far_only = metrics.far_only_frames(mic, far, rec.talk, clean_sig)
-        log.info("%s: talk type %s%s", src.name, rec.talk, " (detected from the levels)" if talk == "auto" else "")
+        how = " (detected from the levels" + (" of --clean)" if clean_sig is not None else ")")
+        log.info("%s: talk type %s%s", src.name, rec.talk, how if talk == "auto" else "")
     return rec
 
 
@@ -143,7 +144,8 @@ def score(rec: Recording, x: np.ndarray, is_output: bool) -> dict[str, float]:
 
 def _max_suppression(args: argparse.Namespace) -> Optional[float]:
     """The --max-suppression value, from the settings' flag when the config schema has it, else ours."""
-    return getattr(args, "set__max_suppression", None) or getattr(args, "max_suppression", None)
+    schema_value = getattr(args, "set__max_suppression", None)
+    return schema_value if schema_value is not None else getattr(args, "max_suppression", None)
 
 
 def build_engines(args: argparse.Namespace) -> list[Engine]:
@@ -278,8 +280,8 @@ def run(args: argparse.Namespace) -> int:
     if args.set__mode == "ns" and (args.ref is not None or args.talk != "auto"):
         raise UsageError(f"{'--ref' if args.ref is not None else '--talk'} is only used by --mode aec or aec+ns")
     own = getattr(args, "max_suppression", None)
-    if own is not None and not 0 < own <= 100:
-        raise UsageError(f"--max-suppression {own:g}: must be above 0 and at most 100 dB")
+    if own is not None and not 0 <= own <= 120:  # the engine's range; goes when the schema has the setting
+        raise UsageError(f"--max-suppression {own:g}: use 0..120 dB (e.g. 20), or leave it out for no limit")
     pairs = _inputs(args)
     engines = build_engines(args)
     from .cli import _options

@@ -30,6 +30,11 @@ ECHO_TAIL_S = 0.2
 #: Talk-type rule thresholds (fractions of frames), see `detect_talk_type`.
 FAR_ACTIVE_MIN_FRACTION = 0.05
 NEAR_ONLY_MIN_FRACTION = 0.05
+NEAR_OVER_ECHO_MIN_FRACTION = 0.02
+#: Near-end detection during far-end activity: the echo path is judged over this many frames (100 ms) ...
+ECHO_WINDOW_FRAMES = 5
+#: ... and a microphone frame this far above its usual echo level carries near-end sound, dB.
+NEAR_EXCESS_DB = 10.0
 #: SI-SDR is capped here: a perfect estimate would otherwise be +inf, which JSON cannot hold.
 SI_SDR_CAP_DB = 100.0
 #: Floor for levels, dBFS: digital silence reads as this, not -inf.
@@ -59,6 +64,16 @@ def _dilate(mask: np.ndarray, frames: int) -> np.ndarray:
     return out
 
 
+def _levels(mic: np.ndarray, far: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Frame levels of both (dBFS) and the activity masks of `activity`."""
+    n = min(len(mic), len(far)) // FRAME * FRAME
+    mic_db, far_db = frame_levels(mic[:n]), frame_levels(far[:n])
+    far_on = _dilate(far_db > FAR_ACTIVE_DBFS, round(ECHO_TAIL_S * RATE / FRAME))
+    floor = float(np.percentile(mic_db, 10))
+    mic_on = mic_db > max(floor + MIC_ACTIVE_ABOVE_FLOOR_DB, -60.0)
+    return mic_db, far_db, far_on, mic_on
+
+
 def activity(mic: np.ndarray, far: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per frame: is the far end active (echo possible), is the microphone active.
 
@@ -66,50 +81,73 @@ def activity(mic: np.ndarray, far: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Microphone: `MIC_ACTIVE_ABOVE_FLOOR_DB` above its own noise floor (the
     10th percentile of its frame levels) and above -60 dBFS.
     """
-    n = min(len(mic), len(far)) // FRAME * FRAME
-    mic_db, far_db = frame_levels(mic[:n]), frame_levels(far[:n])
-    far_on = _dilate(far_db > FAR_ACTIVE_DBFS, round(ECHO_TAIL_S * RATE / FRAME))
-    floor = float(np.percentile(mic_db, 10))
-    mic_on = mic_db > max(floor + MIC_ACTIVE_ABOVE_FLOOR_DB, -60.0)
+    _, _, far_on, mic_on = _levels(mic, far)
     return far_on, mic_on
 
 
-def detect_talk_type(mic: np.ndarray, far: np.ndarray) -> str:
+def near_over_echo(mic: np.ndarray, far: np.ndarray) -> float:
+    """Fraction of the frames where both are active whose microphone level is too loud to be echo alone.
+
+    The echo path is taken as the microphone's level over the loudest far-end
+    frame of the last `ECHO_WINDOW_FRAMES` (100 ms: lag and spread of the
+    path); its usual value is the 20th percentile over those frames (the
+    quietest echo-only ones).  A frame `NEAR_EXCESS_DB` above it carries
+    near-end sound.
+    """
+    mic_db, far_db, _, mic_on = _levels(mic, far)
+    k = ECHO_WINDOW_FRAMES
+    padded = np.concatenate([np.full(k - 1, LEVEL_FLOOR_DBFS), far_db])
+    recent = np.lib.stride_tricks.sliding_window_view(padded, k).max(axis=1)
+    both = (far_db > FAR_ACTIVE_DBFS) & mic_on
+    if not both.any():
+        return 0.0
+    ratio = (mic_db - recent)[both]
+    return float(np.mean(ratio > np.percentile(ratio, 20) + NEAR_EXCESS_DB))
+
+
+def near_activity(clean: np.ndarray, frames: int) -> np.ndarray:
+    """Per frame: the clean near end speaks (within 40 dB of its loudest frame, above -70 dBFS)."""
+    c = np.zeros(frames * FRAME, np.float32)
+    c[: min(len(c), len(clean))] = clean[: len(c)]
+    near_db = frame_levels(c)
+    return near_db > max(float(near_db.max()) - 40.0, -70.0)
+
+
+def detect_talk_type(mic: np.ndarray, far: np.ndarray, clean: Optional[np.ndarray] = None) -> str:
     """AECMOS talk type from the levels alone (no model output involved).
 
     * ``nst`` (near-end single talk): the far end is active in fewer than 5 %
       of the frames.
-    * ``dt`` (double talk): at least 5 % of the microphone's active frames
-      fall where the far end is silent (echo tail included): someone near
-      the microphone talks on their own, so they are likely to also talk over it.
-    * ``st`` (far-end single talk) otherwise: all microphone activity is
-      explained by the far end.
+    * With ``clean`` (the near end alone): ``dt`` when it speaks in at least
+      5 % of the far end's active frames, else ``st``.
+    * Without: ``dt`` (double talk) when at least 5 % of the microphone's
+      active frames fall where the far end is silent (echo tail included),
+      or at least 2 % of the frames where both are active are too loud to be
+      echo (`near_over_echo`); ``st`` (far-end single talk) otherwise.
     """
-    far_on, mic_on = activity(mic, far)
+    _, _, far_on, mic_on = _levels(mic, far)
     if far_on.mean() < FAR_ACTIVE_MIN_FRACTION:
         return "nst"
+    if clean is not None:
+        near_on = near_activity(clean, len(far_on))
+        return "dt" if (near_on & far_on).sum() >= FAR_ACTIVE_MIN_FRACTION * far_on.sum() else "st"
     if mic_on.any() and (mic_on & ~far_on).sum() >= NEAR_ONLY_MIN_FRACTION * mic_on.sum():
         return "dt"
-    return "st"
+    return "dt" if near_over_echo(mic, far) >= NEAR_OVER_ECHO_MIN_FRACTION else "st"
 
 
 def far_only_frames(mic: np.ndarray, far: np.ndarray, talk: str,
                     clean: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
     """The frames with far-end activity and no near-end speech, or None when unknowable.
 
-    Near-end speech is known from ``clean`` (the near-end alone) when given:
-    frames where it is within 40 dB of its loudest frame count as speech.
-    Without it, far-end single talk (``st``) has none; for double talk the
-    near end cannot be told from the echo by levels, so there is no answer.
+    Near-end speech is known from ``clean`` (the near end alone) when given
+    (`near_activity`).  Without it, far-end single talk (``st``) has none;
+    for double talk the near end cannot be told from the echo frame by
+    frame, so there is no answer.
     """
     far_on, _ = activity(mic, far)
     if clean is not None:
-        n = len(far_on) * FRAME
-        c = np.zeros(n, np.float32)
-        c[: min(n, len(clean))] = clean[:n]
-        near_db = frame_levels(c)
-        near_on = near_db > max(near_db.max() - 40.0, -70.0)
-        return far_on & ~near_on
+        return far_on & ~near_activity(clean, len(far_on))
     if talk == "st":
         return far_on
     return None

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import soundfile as sf
@@ -159,10 +159,11 @@ def enhance(stream: BlockStream, mic: np.ndarray, far: Optional[np.ndarray],
         far = np.concatenate([far, np.zeros(d, np.float32)])
     out = np.empty(n + d, np.float32)
     bounds = sorted(set(range(0, n + d, _CHUNK)) | {r for r in resets if 0 < r < n})
-    first: Any = getattr(stream.processor, "stages", (stream.processor,))[0]  # the echo canceller
-    for pos, end in zip(bounds, bounds[1:] + [n + d]):
+    for pos, end in zip(bounds, [*bounds[1:], n + d]):
         if pos in resets:
-            first.pair.reset()
+            from .delayline import echo_stage
+
+            echo_stage(stream.processor).pair.reset()
         stream.process(mic[pos:end], None if far is None else far[pos:end], out[pos:end])
     return out[d:]
 

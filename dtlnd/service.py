@@ -87,7 +87,8 @@ class Daemon:
     def _load(s: Settings) -> engine.HopProcessor:
         from .delayline import wrap  # reference alignment (aec, aec+ns): see dtlnd.align
 
-        return wrap(engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads),
+        return wrap(engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads,
+                                 pipeline=s.pipeline, max_suppression=s.max_suppression),
                     s.mode, s.ref_delay, s.ref_delay_max, s.ref_lead)
 
     def model_label(self) -> str:
@@ -331,11 +332,13 @@ class Daemon:
         if error is not None:
             log.error("reload failed, back to the running configuration: %s", error)
             self.settings, self.processor = old
+            processor.close()  # a pipelined processor's worker thread ends here, not in a gc pass
             error = self._reopen(now)
             if error is not None:
                 log.warning("the running configuration does not open either (%s); retrying", error)
                 self._backoff.start(now)
             return
+        old[1].close()
         log.info("reloaded: %s", self.pipeline.describe() if self.pipeline else "")
 
     # -- reporting -----------------------------------------------------------

@@ -101,18 +101,21 @@ def test_delay_line_delays_whole_hops_and_crossfades_a_change():
     out = np.zeros_like(x)
     line.set(3)
     for k in range(20):
-        line.push(x[k * 128:(k + 1) * 128], out[k * 128:(k + 1) * 128])
+        out[k * 128:(k + 1) * 128] = line.push(x[k * 128:(k + 1) * 128])
     assert np.array_equal(out[3 * 128:20 * 128], x[:17 * 128])
     line.target = 5
     for k in range(20, 40):
-        line.push(x[k * 128:(k + 1) * 128], out[k * 128:(k + 1) * 128])
+        out[k * 128:(k + 1) * 128] = line.push(x[k * 128:(k + 1) * 128])
     fade = out[20 * 128:21 * 128]
     old, new = x[17 * 128:18 * 128], x[15 * 128:16 * 128]
     w = (np.arange(128) + 0.5) / 128
     assert np.allclose(fade, old * (1 - w) + new * w)
     assert np.array_equal(out[21 * 128:], x[16 * 128:35 * 128])
+    assert np.array_equal(line.read(0, 40), x)  # the raw input, for the estimator
     with pytest.raises(ValueError):
         delayline.HopDelay(delayline.MAX_HOPS + 1)
+    with pytest.raises(ValueError):
+        line.set(11)
 
 
 def _traced(run) -> tuple[int, int]:
@@ -150,7 +153,7 @@ def test_feed_and_delay_lines_allocate_nothing_on_the_audio_path(aec, farend):
     noop = lambda m, f, o: None  # noqa: E731
     loop_kept, loop_peak = map(max, zip(*(_traced(lambda: blocks(noop)) for _ in range(3))))
     kept, peak = map(min, zip(*(_traced(lambda: blocks(proc.process_hop)) for _ in range(3))))
-    assert np.any(proc.ring.mic != 0)  # the feed ran
+    assert np.any(proc.mic_line.read(0, delayline.SIZE) != 0)  # the feed ran
     assert kept <= loop_kept, f"{kept - loop_kept} bytes kept by the aligned hop path"
     assert peak <= loop_peak, f"{peak - loop_peak} bytes allocated on the aligned hop path"
     aec.reset()
@@ -160,24 +163,24 @@ def test_feed_and_delay_lines_allocate_nothing_on_the_audio_path(aec, farend):
 
 
 def _aligner(lead=40.0):
-    ring = delayline.FeedRing(250)
     far_line, mic_line = delayline.HopDelay(125), delayline.HopDelay(25)
-    return ring, delayline.Aligner(ring, far_line, mic_line, lead, 1000.0)
+    return (mic_line, far_line), delayline.Aligner(far_line, mic_line, lead, 1000.0)
 
 
-def _feed(ring, aligner, mic, far):
+def _feed(lines, aligner, mic, far):
     for k in range(len(mic) // 128):
         s = slice(k * 128, (k + 1) * 128)
-        ring.push(mic[s], far[s])
+        lines[0].push(mic[s])
+        lines[1].push(far[s])
         if k % 31 == 30:
             aligner.poll()
 
 
 def test_constant_reference_warns_once(farend, caplog):
     mic, _ = farend
-    ring, a = _aligner()
+    lines, a = _aligner()
     with caplog.at_level(logging.WARNING, "dtlnd"):
-        _feed(ring, a, np.tile(mic, 2), np.zeros(2 * len(mic), np.float32))
+        _feed(lines, a, np.tile(mic, 2), np.zeros(2 * len(mic), np.float32))
     warnings = [r.getMessage() for r in caplog.records if "constant" in r.getMessage()]
     assert len(warnings) == 1, warnings
     assert a.far_line.target == 0 and a.state == "searching"
@@ -187,8 +190,8 @@ def test_uncorrelated_reference_warns_once(farend, nearend, caplog):
     _, far_lpb = farend
     n = min(len(far_lpb), len(nearend[0]))
     with caplog.at_level(logging.WARNING, "dtlnd"):
-        ring, a = _aligner()
-        _feed(ring, a, np.tile(nearend[0][:n], 3), np.tile(far_lpb[:n], 3))
+        lines, a = _aligner()
+        _feed(lines, a, np.tile(nearend[0][:n], 3), np.tile(far_lpb[:n], 3))
     warnings = [r.getMessage() for r in caplog.records if "does not hear it" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
     assert a.lag_ms is None and a.far_line.target == 0
@@ -271,8 +274,8 @@ def test_silent_reference_warns_once_after_20_s(nearend, caplog):
     """Near-end talk with the reference at -68 dBFS (nothing playing): one warning, nothing moves."""
     mic, lpb = nearend
     with caplog.at_level(logging.WARNING, "dtlnd"):
-        ring, a = _aligner()
-        _feed(ring, a, np.tile(mic, 3)[:25 * RATE], np.tile(lpb, 3)[:25 * RATE])
+        lines, a = _aligner()
+        _feed(lines, a, np.tile(mic, 3)[:25 * RATE], np.tile(lpb, 3)[:25 * RATE])
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "silent for 20 s while the microphone is active" in warnings[0], warnings
     assert a.state == "searching" and a.far_line.target == 0 and a.mic_line.target == 0
@@ -285,4 +288,66 @@ def test_live_double_talk_still_finds_the_echo(aec, farend, nearend):
     proc.reset()
     live(proc, mic, shifted(lpb, -200))
     assert abs(proc.alignment.lag_ms - 235.4) <= 1.0 and proc.alignment.applied_ms == 192
+    aec.reset()
+
+
+def test_live_drift_is_followed_in_small_steps(aec, farend):
+    """100 -> 160 ms over 33 s: re-centred in steps under 96 ms, which only crossfade (no state reset)."""
+    mic, lpb = np.tile(farend[0], 3), np.tile(farend[1], 3)
+    n = len(mic)
+    far = np.interp(np.arange(n) + np.linspace(100, 160, n) * RATE / 1000, np.arange(n), lpb).astype(np.float32)
+    proc = delayline.AlignedProcessor(aec, "auto", 1000, 40, start=False)
+    proc.reset()
+    y = live(proc, mic, far)
+    a = proc.alignment
+    print(f"live drift 100 -> 160 ms: residual after 5 s {rms_dbfs(y[5 * RATE:]):.1f} dBFS, "
+          f"{a.tracker.changes} changes; {a.describe()}")
+    assert a.tracker.changes == 2 and a.applied_ms == 128
+    assert rms_dbfs(y[5 * RATE:]) <= -68
+    aec.reset()
+
+
+def test_wrapper_finds_the_echo_canceller_and_forwards_the_rest(aec):
+    """Behind another wrapper (as a suppression limit wraps the engine) and for what it does not own."""
+
+    class Outer:
+        def __init__(self, inner):
+            self.inner, self.channels, self.delay = inner, 2, inner.delay
+            self.label, self.nonfinite = "outer", 3
+            self.process_hop = inner.process_hop
+
+        def reset(self):
+            self.inner.reset()
+
+    proc = delayline.AlignedProcessor(Outer(aec), "auto", 1000, 40, start=False)
+    assert delayline.echo_stage(proc) is aec
+    assert (proc.label, proc.nonfinite) == ("outer", 3)
+    with pytest.raises(AttributeError):
+        proc.no_such_thing  # noqa: B018
+    with pytest.raises(TypeError, match="no model pair"):
+        delayline.AlignedProcessor(object(), "auto", 1000, 40, start=False)
+
+
+def test_estimator_starts_over_after_a_stall_that_wrapped_the_lines(aec, farend):
+    """The worker was held up (SIGSTOP, a busy CPU) longer than the 2 s the lines hold: told so, it
+    takes all they hold (not the few hops the wrapped position suggests), keeps the alignment it
+    had, and goes on estimating."""
+    mic, lpb = farend
+    far = shifted(lpb, -300)
+    proc = delayline.AlignedProcessor(aec, "auto", 1000, 40, start=False)
+    proc.reset()
+    a = proc.alignment
+    out = np.zeros(128, np.float32)
+    stall = range(400, 400 + delayline.SIZE + 60)  # hops with no look: more than the lines hold
+    for k in range(len(mic) // 128):
+        s = slice(k * 128, (k + 1) * 128)
+        proc.process_hop(mic[s], far[s], out)
+        if k == stall[-1]:
+            before = a.audio_s
+            a.poll(overrun=True)
+            assert a.audio_s - before == pytest.approx((delayline.SIZE - 8) * 128 / RATE)
+        elif k % 31 == 30 and k not in stall:
+            a.poll()
+    assert a.lag_ms is not None and abs(a.lag_ms - 335.4) <= 1.0 and a.state == "locked"
+    assert a.tracker.changes == 1 and a.applied_ms == 296
     aec.reset()

@@ -5,7 +5,8 @@ and the reference shifted earlier as a software reference path would) from
 frame 0 through rig_file_aec_in, clocked by jackd, and writes the loopback,
 which ``arecord`` records.  Checked: the loopback's residual echo after
 convergence, the time to converge, the estimator's CPU cost, the --measure
-and STATUS= reports, and a delay jump mid-stream.
+and STATUS= reports, a delay jump mid-stream, and a late reference (the
+microphone delayed, and the reported latency with it).
 """
 
 from __future__ import annotations
@@ -119,3 +120,16 @@ def test_rig_delay_jump_reconverges(rig, take, tmp_path):
     print(f"rig, jump 100 -> 250 ms at {jump / RATE:.2f} s: settled {after:.1f} s after it; {locked}")
     assert after <= 5.0, f"residual above -60 dBFS until {after:.1f} s after the jump"
     assert len(locked) == 2 and "lag 285." in locked[-1], locked
+
+
+def test_rig_reference_behind_the_echo_delays_the_microphone(rig, take, tmp_path):
+    """The reference 40 ms late: the microphone is delayed 48 ms, and the reported latency says so."""
+    mic, lpb = take
+    y, d = run_aligned(rig, tmp_path, np.tile(mic, 2)[:12 * RATE], shifted(np.tile(lpb, 2), 40)[:12 * RATE], 10)
+    locked = [line for _, line in d.lines("reference alignment: align locked")]
+    assert len(locked) == 1 and "mic +48 ms (latency)" in locked[0], locked
+    m = re.search(r"^\s+latency: [\d.]+ ms = ([\d.]+) algorithmic", d.stdout, re.MULTILINE)
+    assert m and float(m.group(1)) == pytest.approx(24.0 + 48.0), d.stdout
+    t = settled(y)
+    print(f"rig, reference 40 ms late: settled after {t:.1f} s; {locked}")
+    assert t <= 5.0

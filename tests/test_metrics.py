@@ -101,6 +101,12 @@ def test_talk_type_rule_on_synthetic_signals():
     assert M.detect_talk_type(echo, far) == "st"
     near = bursts(n, [(2.4, 2.9), (5.4, 5.9)], -25)  # talks in the far end's pauses
     assert M.detect_talk_type(echo + near, far) == "dt"
+    over = bursts(n, [(1.0, 1.5)], -15)  # talks only while the far end does, 15 dB over the echo
+    assert M.near_over_echo(echo, far) == 0.0
+    assert M.near_over_echo(echo + over, far) > 0.1
+    assert M.detect_talk_type(echo + over, far) == "dt"
+    assert M.detect_talk_type(echo + over, far, clean=over) == "dt"
+    assert M.detect_talk_type(echo, far, clean=np.zeros(n, np.float32) + noise(n, -90)) == "st"
     assert M.detect_talk_type(near + noise(n, -70), np.zeros(n, np.float32)) == "nst"
 
 
@@ -109,9 +115,15 @@ def test_talk_type_rule_on_the_recordings(pairs):
     assert M.detect_talk_type(mic, far) == "st"
     mic, far = pairs["near"]
     assert M.detect_talk_type(mic, far) == "nst"
+    assert M.near_over_echo(*pairs["far"]) == 0.0
     # the near-end talker over the far-end recording: double talk
     n = min(len(pairs["far"][0]), len(pairs["near"][0]))
-    assert M.detect_talk_type(pairs["far"][0][:n] + pairs["near"][0][:n], pairs["far"][1][:n]) == "dt"
+    mic, far, near = pairs["far"][0][:n], pairs["far"][1][:n], pairs["near"][0][:n]
+    assert M.detect_talk_type(mic + near, far) == "dt"
+    # only from 5 to 8 s, all of it while the far end talks: caught by the level over the echo
+    during = np.where((np.arange(n) >= 5 * 16000) & (np.arange(n) < 8 * 16000), near, 0).astype(np.float32)
+    assert M.detect_talk_type(mic + during, far) == "dt"
+    assert M.detect_talk_type(mic + during, far, clean=during) == "dt"
 
 
 def test_far_only_frames():

@@ -96,7 +96,8 @@ def fake(monkeypatch, tmp_path):
     monkeypatch.setattr(service, "AudioPipeline", FakePipeline)
     monkeypatch.setattr(service.devices, "reinitialize", lambda: None)
     monkeypatch.setattr(service.Daemon, "_load", staticmethod(
-        lambda s: SimpleNamespace(runtime="fake", channels=1, delay=384, reset=lambda: None)))
+        lambda s: SimpleNamespace(runtime="fake", channels=1, delay=384, reset=lambda: None, label="fake",
+                                  close=lambda: None)))
     monkeypatch.setenv("DTLND_RUNTIME_DIR", str(tmp_path / "run"))
     monkeypatch.setattr(FakePipeline, "opened", [])
     for name in ("fail", "fail_once", "delay", "close_takes", "input_on", "output_on"):

@@ -12,6 +12,7 @@ SNR, seed 5) is generated into a temporary folder and removed afterwards.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -92,9 +93,37 @@ def build(audio: Path) -> str:
         assert f["talk"] == "st" and n["talk"] == "nst", (f["talk"], n["talk"])
         lines.append(f"| `{f['model']}` | {fmt(f, 'aecmos_echo')} | {f['output']['erle_db']:.1f} "
                      f"| {fmt(n, 'aecmos_deg')} | {fmt(n, 'dnsmos_ovrl')} |")
+    lines += tradeoff(audio)
     lines += ["", "Reproduce: `.venv/bin/pip install -e '.[eval]' && DTLND_MODEL_DIR=../shared/models "
               ".venv/bin/python tools/quality_table.py --audio ../shared/audio --update README.md`."]
     return "\n".join(lines)
+
+
+def has_limit() -> bool:
+    """Whether this checkout's engine has ``max_suppression`` (issue 8 item 3)."""
+    sys.path.insert(0, str(REPO))
+    from dtlnd import engine
+
+    return "max_suppression" in inspect.signature(engine.build).parameters
+
+
+def tradeoff(audio: Path) -> list[str]:
+    """Rows for ``--max-suppression``: what a limit gives back (speech, ASR-friendliness) and costs."""
+    if not has_limit():
+        return []
+    lines = ["", "With `--max-suppression DB` (the input mixed back in at 10^(−DB/20)), input → output:", "",
+             "| recording | pair, limit | DNSMOS SIG | DNSMOS BAK | DNSMOS OVRL | AECMOS echo | ERLE dB |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for db in (12, 20):
+        (r,) = evaluate(audio / NOISY, "--max-suppression", db)
+        lines.append(f"| `{NOISY}` | `{r['model']}` | {fmt(r, 'dnsmos_sig')} | {fmt(r, 'dnsmos_bak')} "
+                     f"| {fmt(r, 'dnsmos_ovrl')} | – | – |")
+    for db in (20, 30):
+        (r,) = evaluate(audio / f"{FAR}_mic.wav", "--ref", audio / f"{FAR}_lpb.wav", "--mode", "aec",
+                        "--max-suppression", db)
+        lines.append(f"| far-end single talk | `{r['model']}` | {fmt(r, 'dnsmos_sig')} | {fmt(r, 'dnsmos_bak')} "
+                     f"| {fmt(r, 'dnsmos_ovrl')} | {fmt(r, 'aecmos_echo')} | {r['output']['erle_db']:.1f} |")
+    return lines
 
 
 def update(path: Path, table: str) -> None:
