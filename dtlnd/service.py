@@ -38,7 +38,6 @@ from .watch import Backoff, StallWatch
 log = logging.getLogger("dtlnd")
 
 TICK = 0.05  # supervisor period, seconds
-CLOSE_WAIT = 2.0  # seconds a stop waits for the streams to close (systemd's TimeoutStopSec= is 5)
 
 
 class State(enum.Enum):
@@ -79,7 +78,6 @@ class Daemon:
         self._last_ping = 0.0
         self.gc = Collector()
         self._report_from = 0  # the first block of the current report's second
-        self.wedged = False  # the streams did not close at the stop
 
     # -- set-up --------------------------------------------------------------
 
@@ -239,12 +237,11 @@ class Daemon:
         if self.timeline is not None:  # the last part-second too
             self._add_row(self.snapshot(seconds, self._report_from), self._alignment()[1])
         t0 = time.monotonic()
-        if self._close_bounded(CLOSE_WAIT):
-            log.debug("streams closed in %.2f s", time.monotonic() - t0)
-        else:
-            self.wedged = True
-            log.warning("the audio streams did not close within %.0f s (a wedged driver); exiting without them",
-                        CLOSE_WAIT)
+        self._close()  # bounded: a close blocked in the driver is left behind (AudioPipeline.close)
+        log.debug("streams closed in %.2f s", time.monotonic() - t0)
+        close = getattr(self.processor, "close", None)
+        if callable(close):  # a pipelined processor's worker thread ends here
+            close()
         self.state_file.remove()
         self.gc.stop()
         status = 0
@@ -293,21 +290,6 @@ class Daemon:
         p, self.pipeline = self.pipeline, None
         if p is not None:
             p.close()
-
-    def _close_bounded(self, timeout: float) -> bool:
-        """Close in a helper thread and wait at most ``timeout`` s; False when the close is still stuck.
-
-        Seen on the rig: after a 300 ms SIGSTOP, JACK may drop the client and
-        PortAudio's abort then blocks for minutes.  A stop must still end
-        within systemd's TimeoutStopSec, with the summary printed.
-        """
-        p, self.pipeline = self.pipeline, None
-        if p is None:
-            return True
-        closer = threading.Thread(target=p.close, name="dtlnd-close", daemon=True)
-        closer.start()
-        closer.join(timeout)
-        return not closer.is_alive()
 
     def _do_reload(self, now: float) -> None:
         if self.config_path is None:
@@ -404,13 +386,9 @@ def run(config_path: Optional[Path], overrides: Mapping[str, Any], measure: bool
     daemon = Daemon(settings, config_path, overrides, measure, duration, out=lambda line: print(line, flush=True),
                     plot=plot)
     try:
-        status = daemon.run()
+        return daemon.run()
     except DeviceError:
         daemon.notify("STOPPING=1")
         raise
     finally:
         sys.stdout.flush()
-    if daemon.wedged:  # PortAudio's exit handler would block on the same streams: leave without it
-        sys.stderr.flush()
-        os._exit(status)
-    return status
