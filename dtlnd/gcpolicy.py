@@ -10,7 +10,7 @@ due and all generations once a minute, and records the longest collection
 (``gc_max_ms`` in the state file): that is how long it can hold a callback
 up, since it still holds the GIL.  ``DTLND_GC=python`` keeps Python's own
 policy, to measure the difference: over seven A/B pairs of 20 s rig runs
-the engine's worst block was 3.3 ms (median) managed against 5.2 ms with
+the engine's worst block was 3.3 ms (median) managed against 5.6 ms with
 Python's policy; p99 and mean did not change.
 """
 
