@@ -255,10 +255,10 @@ class Daemon:
                 self.out(line)
             status = 1 if summary.causes(more) else 0
         if self.timeline is not None and self.plot is not None:
-            from . import plot
+            from . import measure_plot
 
             t0 = time.monotonic()
-            plot.write(self.plot, self.timeline, f"{self.settings.mode} {self.model_label()}")
+            measure_plot.write(self.plot, self.timeline, f"{self.settings.mode} {self.model_label()}")
             log.debug("plot written to %s in %.2f s", self.plot, time.monotonic() - t0)
         return status
 
@@ -378,7 +378,7 @@ def run(config_path: Optional[Path], overrides: Mapping[str, Any], measure: bool
     if plot is not None:
         if not measure:
             raise UsageError("--plot needs --measure (it draws the figures --measure collects)")
-        from . import plot as plotting
+        from . import measure_plot as plotting
 
         plotting.check(plot)  # before the run: a missing extra or an unwritable path fails now
     if config_path is None and paths.CONFIG_FILE.exists():

@@ -1,4 +1,4 @@
-"""``dtlnd run --measure --plot FILE.png``: the run's timeline as one picture.
+"""``dtlnd run --measure --plot FILE.png``: the run's timeline as one picture (`dtlnd.plots` draws it).
 
 matplotlib (Agg) comes with the ``dtlnd[eval]`` extra and is imported only
 here, only when ``--plot`` is given.  `check` runs before the daemon starts,
