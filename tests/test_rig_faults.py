@@ -52,6 +52,18 @@ def rig(audio_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         r.stop()
 
 
+@pytest.fixture
+def own_rig(audio_dir: Path, tmp_path: Path):
+    """A rig for one test: a JACK client stopped with SIGSTOP can leave the server unable to list PCMs."""
+    r = Rig(require_rig(audio_dir.parent), tmp_path, "h")
+    r.start()
+    try:
+        yield r
+    finally:
+        kill_leftovers()
+        r.stop()
+
+
 @pytest.fixture(autouse=True)
 def no_leftovers():
     yield
@@ -141,12 +153,13 @@ def buffer_ms(d: Proc) -> list[tuple[float, float]]:
 
 
 @pytest.mark.parametrize("kind", list(HICCUPS))
-def test_after_a_hiccup_latency_is_back_within_a_second_and_exact_between(rig, speech, tmp_path, kind):
+def test_after_a_hiccup_latency_is_back_within_a_second_and_exact_between(own_rig, speech, tmp_path, kind):
     """Two hiccups 3 s apart, file-fed input: each stretch between them is ``process`` output exactly,
     and the buffer the daemon reports a second after each is within 10 ms of the one before.
 
     A CPU hog and a stopped loopback consumer must cost no input at all.
     """
+    rig = own_rig
     raw, ref = speech
     consumer = Recorder(rig, tmp_path / "consumer.raw")  # a second consumer of the loopback, to stop
     rec = Recorder(rig, tmp_path / "loop.raw")
