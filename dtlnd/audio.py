@@ -39,7 +39,7 @@ import logging
 import os
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -123,7 +123,9 @@ class LostTime:
 class AudioPipeline:
     """Open (``start``) and close the two streams for one set of settings."""
 
-    def __init__(self, settings: Settings, processor: HopProcessor, stats: BlockStats) -> None:
+    def __init__(self, settings: Settings, processor: HopProcessor, stats: BlockStats,
+                 on_finished: Optional[Callable[[], None]] = None) -> None:
+        """``on_finished``: called (in PortAudio's thread) when either stream ends, so a dead one is seen at once."""
         self.settings = settings
         self.processor = processor
         self.stats = stats
@@ -188,13 +190,15 @@ class AudioPipeline:
         try:
             self.input_stream = sd.InputStream(
                 device=self.in_dev.index, samplerate=self.in_rate, channels=n_in, dtype="float32",
-                blocksize=in_block, latency=latency, callback=self._input_callback)
+                blocksize=in_block, latency=latency, callback=self._input_callback,
+                finished_callback=on_finished)
         except sd.PortAudioError as exc:
             raise devices.open_error("input", self.in_dev, exc) from None
         try:
             self.output_stream = sd.OutputStream(
                 device=self.out_dev.index, samplerate=self.out_rate, channels=s.output.channels, dtype=dtype,
-                blocksize=out_block, latency=latency, callback=self._output_callback)
+                blocksize=out_block, latency=latency, callback=self._output_callback,
+                finished_callback=on_finished)
         except sd.PortAudioError as exc:
             self.input_stream.close()
             raise devices.open_error("output", self.out_dev, exc) from None

@@ -26,10 +26,23 @@ _LISTED_HW = re.compile(r"\(hw:(\d+),(\d+)\)$")
 _jack_server: Optional[tuple[int, int]] = None  # the JACK server PortAudio joined at init
 
 
+PORTAUDIO_MISSING = "PortAudio is not installed: sudo apt install libportaudio2"
+
+
+def no_devices(kind: str = "") -> DeviceError:
+    """What to say when PortAudio lists no (``kind``: input or output) device at all."""
+    what = f"audio {kind} devices" if kind else "audio devices"
+    return DeviceError(f"no {what} found: connect one, check 'aplay -l' and 'arecord -l', "
+                       "and that this user is in the audio group")
+
+
 def sd():
     """sounddevice, imported on first use (it loads PortAudio and enumerates devices)."""
     global _jack_server
-    import sounddevice
+    try:
+        import sounddevice
+    except OSError:  # sounddevice's wheel for Linux has no PortAudio of its own
+        raise DeviceError(PORTAUDIO_MISSING) from None
 
     if _jack_server is None:
         _jack_server = _jack_server_identity()
@@ -152,6 +165,8 @@ def resolve(spec: Union[str, int], kind: str) -> Device:
                  or match_hw(text, usable)
                  or _unique_substring(text, usable)
                  or next((d for d in devices if d.name == text), None))  # exists, wrong direction
+    if not usable:
+        raise no_devices(kind)
     if found is None or getattr(found, need) == 0:
         names = "; ".join(f"{d.index}: {d.name}" for d in usable) or "none"
         why = "has no " + kind + " channels" if found is not None else "not found"
