@@ -89,7 +89,7 @@ def check_content(y48: np.ndarray, ref: np.ndarray, min_snr: float) -> None:
 
 def summary_ok(stdout: str) -> None:
     assert "result: OK" in stdout, stdout
-    assert re.search(r"lost input: 0 ms in 0 gaps", stdout), stdout
+    assert re.search(r"lost audio: 0 gaps, 0 ms", stdout), stdout
 
 
 def offline(rig: Rig, wav: Path, out: Path, *args: str) -> np.ndarray:
