@@ -79,8 +79,9 @@ class LostTime:
     last one by more than one block, and still that high a window later
     (callbacks held back by load for a whole window come back), is counted
     as lost time (``stats.gap_samples`` in 16 kHz samples, ``stats.gaps``
-    times), about half a second after it happened.  The floor follows slow drift between the device's crystal and the system
-    clock both ways (0.1 % is 4 samples per window), so drift is never a gap.
+    times), about half a second after it happened.  The floor follows slow
+    drift between the device's crystal and the system clock both ways
+    (0.1 % is 4 samples per window), so drift is never a gap.
     """
 
     WINDOW = 32
