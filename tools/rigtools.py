@@ -341,6 +341,7 @@ def dtlnd_env(rig: Rig) -> dict[str, str]:
 def start_rig(shared: Path, label: str, root: Optional[Path] = None, **env: str) -> Rig:
     """A fresh rig (its own jackd) in ``root`` (a new temp dir by default); the caller stops it."""
     root = root or Path(tempfile.mkdtemp(prefix=f"dtlnd-{label}-"))
+    root.mkdir(parents=True, exist_ok=True)
     rig = Rig(shared / "alsa-rig", root, label)
     rig._script_env.update(env)
     rig.start()
