@@ -47,7 +47,6 @@ import argparse
 import json
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -69,6 +68,7 @@ CONFIGS = {
 }
 SHIM = "from ai_edge_litert.interpreter import *  # noqa: F403\nfrom ai_edge_litert.interpreter import Interpreter\n"
 PEER_FLAGS = re.compile(r"input overflow|input underflow|output overflow|output underflow|priming output")
+SHM_NAMES = ("in_lpb", "est_block", "out_block")  # aec_mp.py's fixed shared-memory blocks
 METRICS = ("cpu_s_per_s", "rss_mb", "pss_mb", "delay_ms")
 
 
@@ -89,8 +89,10 @@ def prepare(peer: Path, models: Path, configs: list[str]) -> Path:
         r = subprocess.run([sys.executable, "-c", f"import {mod}"], capture_output=True)
         if r.returncode:
             fail(69, f"the peer needs the Python module '{mod}': pip install {pkg}")
-    if "aec256" in configs and Path("/dev/shm/in_lpb").exists():
-        fail(69, "/dev/shm/in_lpb exists: an aec_mp.py is running or left it behind; stop it or remove the file")
+    left = [n for n in SHM_NAMES if Path("/dev/shm", n).exists()]
+    if "aec256" in configs and left:
+        fail(69, f"/dev/shm/{left[0]} exists: an aec_mp.py is running or left it behind; stop it or remove "
+             f"/dev/shm/{{{','.join(SHM_NAMES)}}}")
     work = Path(tempfile.mkdtemp(prefix="dtlnd-peer-"))
     (work / "models").symlink_to(models.resolve())
     pkg_dir = work / "shim" / "tflite_runtime"
@@ -122,12 +124,10 @@ def run_one(kind: str, cfg: dict, rig: rt.Rig, ctx: argparse.Namespace) -> dict:
     rss, pss = rt.memory_mb(pids)
     pf = probe.stop().summary()
     alive = proc.p.poll() is None
-    proc.signal(signal.SIGINT)
-    try:
-        rc: Optional[int] = proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = None
+    rc = rt.stop(proc)
+    if kind == "peer" and rc is None and cfg["script"] == "aec_mp.py":
+        for name in SHM_NAMES:  # what aec_mp.py unlinks itself when it can stop cleanly
+            Path("/dev/shm", name).unlink(missing_ok=True)
     row = {"program": kind, "cmd": " ".join(cmd[1:]), "exit": rc, "alive_at_end": alive, "processes": len(pids),
            "cpu_s_per_s": (c1 - c0) / (t1 - t0), "rss_mb": rss, "pss_mb": pss, "delay_ms": pf["delay_ms_median"],
            "probe": pf}
@@ -192,6 +192,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "(to stdout without FILE; the table then goes to stderr)")
     ap.add_argument("--shared", help="the shared folder (models/, audio/, alsa-rig/)")
     a = ap.parse_args(argv)
+    rt.sigint_for_children()
     configs = [c for c in a.configs.split(",") if c]
     if not configs or any(c not in CONFIGS for c in configs):
         ap.error(f"--configs: choose from {', '.join(CONFIGS)}")

@@ -20,8 +20,10 @@ What a tool measures on the rig, in one place:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -168,7 +170,11 @@ class LoopPlayer:
         self._stop.set()
         if self.p.poll() is None:
             self.p.terminate()
-        self.p.wait(10)
+        try:
+            self.p.wait(10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait(10)
         self._thread.join(5)
 
 
@@ -346,6 +352,29 @@ def start_rig(shared: Path, label: str, root: Optional[Path] = None, **env: str)
     rig._script_env.update(env)
     rig.start()
     return rig
+
+
+def sigint_for_children() -> None:
+    """Give SIGINT its default action again, so the programs started here get it too.
+
+    A shell starts background jobs with SIGINT ignored, exec keeps it ignored,
+    and a Python program then never sees Ctrl-C: the peer could not be stopped.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def stop(proc: Proc, timeout: float = 20.0) -> Optional[int]:
+    """SIGINT, then after ``timeout`` s SIGKILL to the process and every descendant; its exit status or None."""
+    pids = tree(proc.pid)
+    proc.signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        proc.kill()
+        return None
 
 
 def wait_started(proc: Proc, pattern: str, stream: str, timeout: float = 60.0) -> None:

@@ -110,8 +110,9 @@ class ModeRun:
 def print_sample(mode: str, s: dict) -> None:
     d, p = s["daemon"], s["probe"]
     xr = int(d.get("xruns_in", 0) + d.get("xruns_out", 0))
+    gaps = f"{int(d['gaps'])}" if "gaps" in d else "n/a"  # today's --measure lines may not carry it
     print(f"{mode:4} t={s['t']:7.1f}s rss {s['rss_mb']:6.2f} MB pss {s['pss_mb']:6.2f} cpu {s['cpu_s_per_s']:.3f} "
-          f"| daemon xruns {xr} misses {int(d.get('misses', 0))} gaps {int(d.get('gaps', 0))} "
+          f"| daemon xruns {xr} misses {int(d.get('misses', 0))} gaps {gaps} "
           f"latency {d.get('latency_ms', float('nan')):.1f} ms | probe delay {p['delay_ms_median']:.1f} ms "
           f"({p['delay_ms_min']:.1f}-{p['delay_ms_max']:.1f}) dropouts {p['dropouts']} steps {p['delay_steps']}",
           flush=True)
@@ -141,6 +142,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--shared", help="the shared folder (models/, audio/, alsa-rig/)")
     ap.add_argument("--json", metavar="FILE", help="write every sample and the reports as JSON")
     a = ap.parse_args(argv)
+    rt.sigint_for_children()
     modes = [m for m in a.modes.split(",") if m]
     if not modes or a.minutes <= 0 or a.every <= 0:
         ap.error("--modes needs at least one mode; --minutes and --every must be > 0")

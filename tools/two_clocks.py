@@ -273,6 +273,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--shared", help="the shared folder (models/, audio/, alsa-rig/)")
     ap.add_argument("--json", metavar="FILE", help="write the reports as JSON")
     a = ap.parse_args(argv)
+    rt.sigint_for_children()
     try:
         ppms = [float(p) for p in a.ppm.split(",") if p]
     except ValueError:
