@@ -23,6 +23,12 @@ Configurations (peer script vs ``dtlnd run``):
 
 ``--dtlnd-args "--buffer-blocks 1"`` goes to every dtlnd run,
 ``--dtlnd-args "aec256:--pipeline"`` to that configuration's only; repeat it.
+``--peer-args`` does the same for the peer's scripts.  Note: with pyfftw
+installed (its default), the peer's ``aec.py`` builds its output from the
+reference's spectrum, not the microphone's: its second ``rfft()`` call
+returns the same pyfftw output array as the first and overwrites it
+(``aec_mp.py`` copies it).  Its delay figure is then meaningless;
+``--peer-args "aec128:--no-fftw"`` runs it on numpy's FFT, which is correct.
 
 Per configuration, runs alternate peer, dtlnd, peer, dtlnd, ... on one rig
 with speech looped into its microphone and reference buses.  Each run:
@@ -105,7 +111,7 @@ def prepare(peer: Path, models: Path, configs: list[str]) -> Path:
 def run_one(kind: str, cfg: dict, rig: rt.Rig, ctx: argparse.Namespace) -> dict:
     """Start one program, measure one window, stop it; its figures."""
     if kind == "peer":
-        cmd = [sys.executable, str(ctx.peer / cfg["script"]), *cfg["peer"], "--latency", LATENCY]
+        cmd = [sys.executable, str(ctx.peer / cfg["script"]), *cfg["peer"], "--latency", LATENCY, *cfg["peer_extra"]]
         env = rig.with_env(PYTHONPATH=str(ctx.work / "shim"), PYTHONUNBUFFERED="1")
         proc = rt.Proc(cmd, env, cwd=ctx.work)
         ready = r"^#{20}"
@@ -143,7 +149,10 @@ def run_one(kind: str, cfg: dict, rig: rt.Rig, ctx: argparse.Namespace) -> dict:
 
 
 def medians(rows: list[dict]) -> dict:
-    out = {m: float(np.median([r[m] for r in rows])) for m in METRICS}
+    # A run whose probe found no window to correlate has no delay (nan): the median is over the others.
+    out = {m: float(np.nanmedian([r[m] for r in rows])) if any(np.isfinite(r[m]) for r in rows) else float("nan")
+           for m in METRICS}
+    out["runs_with_delay"] = sum(bool(np.isfinite(r["delay_ms"])) for r in rows)
     for k in ("xruns", "glitches"):
         out[k] = int(sum(r[k] for r in rows))
     out["dropouts"] = int(sum(r["probe"]["dropouts"] for r in rows))
@@ -188,6 +197,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds after the stream starts (default 3)")
     ap.add_argument("--dtlnd-args", action="append", default=[], metavar="[CONFIG:]ARGS",
                     help="extra dtlnd run arguments, for every config or for CONFIG only; repeatable")
+    ap.add_argument("--peer-args", action="append", default=[], metavar="[CONFIG:]ARGS",
+                    help="extra arguments for the peer's script, e.g. \"aec128:--no-fftw\"; repeatable")
     ap.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write the runs and medians as JSON "
                     "(to stdout without FILE; the table then goes to stderr)")
     ap.add_argument("--shared", help="the shared folder (models/, audio/, alsa-rig/)")
@@ -203,6 +214,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     a.work = prepare(a.peer.resolve(), a.models, configs)
     a.peer = a.peer.resolve()
     extra = parse_extra(a.dtlnd_args, configs)
+    peer_extra = parse_extra(a.peer_args, configs)
     report = sys.stderr if a.json == "-" else sys.stdout
     load0 = rt.loadavg()
     print(f"compare_peer: {', '.join(configs)}; load average {load0}", file=report, flush=True)
@@ -211,7 +223,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows: list[dict] = []
     try:
         for c in configs:
-            cfg = dict(CONFIGS[c], extra=extra[c])
+            cfg = dict(CONFIGS[c], extra=extra[c], peer_extra=peer_extra[c])
             for i in range(a.runs):
                 for kind in ("peer", "dtlnd"):
                     r = run_one(kind, cfg, rig, a)
