@@ -243,7 +243,8 @@ def analyse(mic: np.ndarray, out: np.ndarray, ppm: float) -> dict:
     return {"windows": len(lags), "residual_range_ms": float(np.ptp(resid)),
             "residual_trend_ms_per_min": float(np.polyfit(n / rt.RATE / 60, resid, 1)[0]),
             "measured_drift_ppm": float(fit[0] * 1e6), "delay_steps": steps, "dropouts": dropouts,
-            "mic_seconds": round(len(mic) / rt.RATE, 1), "out_seconds": round(len(out) / rt.RATE, 1)}
+            "mic_seconds": round(len(mic) / rt.RATE, 1), "out_seconds": round(len(out) / rt.RATE, 1),
+            "residual_t_s": [round(v / rt.RATE, 1) for v in starts], "residual_ms": [round(float(v), 2) for v in resid]}
 
 
 def print_report(r: dict) -> None:
