@@ -12,8 +12,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 # libsndfile1: soundfile.  alsa-utils, libasound2-plugins, jackd2: aplay and
 # arecord, and the user-space audio rig the tests run the ALSA path through.
 # systemd, kmod: systemd-analyze and modprobe, which check the unit and
-# the modprobe.d file.
-APT_PACKAGES=(libportaudio2 libsndfile1 alsa-utils libasound2-plugins jackd2 systemd kmod python3-venv)
+# the modprobe.d file.  espeak-ng: the speech of `dtlnd demo`'s test clip.
+APT_PACKAGES=(libportaudio2 libsndfile1 alsa-utils libasound2-plugins jackd2 systemd kmod python3-venv espeak-ng)
+LOG="$(mktemp -t dtlnd-bootstrap.XXXXXX)"
+trap 'rm -f "$LOG"' EXIT
+# Quiet when all goes well; the whole log when a step fails.
+quiet() { "$@" >>"$LOG" 2>&1 || { cat "$LOG" >&2; echo "bootstrap.sh: failed: $*" >&2; exit 1; }; }
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -22,13 +26,17 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
+    echo "bootstrap.sh: installing ${missing[*]}"
+    quiet $sudo apt-get update -qq
     # --no-install-recommends: otherwise jackd2 pulls in graphics drivers.
-    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    quiet $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 PYTHON="${PYTHON:-python3}"
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
-echo "ready: .venv/bin/dtlnd --help; tests: .venv/bin/python -m pytest"
+# No warning about running as root (containers, CI) nor about a newer pip.
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+[ -x .venv/bin/python ] || quiet "$PYTHON" -m venv .venv
+echo "bootstrap.sh: installing dtlnd and its dependencies into .venv"
+quiet .venv/bin/python -m pip install -q --upgrade pip
+quiet .venv/bin/python -m pip install -q -e '.[test]'
+echo "ready: .venv/bin/dtlnd demo; tests: .venv/bin/python -m pytest"

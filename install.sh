@@ -14,6 +14,25 @@
 #                       dtln_aec_128_quant dtln_aec_256_quant)
 #   --no-start          install and enable, but do not start the service
 #   --no-apt            do not install Debian packages
+#   --check-platform    say what this system gets (runtime, sources, Python
+#                       packages) and exit: 0 supported, 69 not
+#
+# Which Raspberry Pi OS gets what (the userland decides, as dpkg reports it:
+# a 32-bit Pi OS often runs a 64-bit kernel, so uname -m can say aarch64):
+#
+#   Pi OS            Python  TF-Lite runtime          how it installs
+#   Bookworm 64-bit  3.11    ai-edge-litert           every package a PyPI wheel
+#   Trixie 64-bit    3.13    ai-edge-litert           every package a PyPI wheel
+#   Bookworm 32-bit  3.11    tflite-runtime 2.14      tflite-runtime from PyPI; numpy<2, pyfftw,
+#                                                     soxr, cffi, pyyaml from piwheels
+#   Trixie 32-bit    3.13    none: not supported      tflite-runtime has armv7l wheels for
+#                                                     Python 3.9 and 3.11 only, ai-edge-litert
+#                                                     none; install.sh stops before it starts
+#
+# Not on 32-bit: ai-edge-litert and onnxruntime (no armv7l wheels).  Other
+# Debian-based systems on x86-64 or arm64 install like 64-bit Pi OS.
+# DTLND_FAKE_PLATFORM="CODENAME DPKG_ARCH PYTHON_VERSION" (e.g. "trixie armhf
+# 3.13") stands in for this system's, for tests.
 #
 # What goes where:
 #   /opt/dtlnd/venv                  the package and its Python dependencies
@@ -35,6 +54,8 @@ MODELS_FROM=""
 BASE_URL=""
 MODELS="dtln_ns_quant dtln_aec_128_quant dtln_aec_256_quant"
 PYTHON="${PYTHON:-python3}"
+CHECK_PLATFORM=0
+PIWHEELS=https://www.piwheels.org/simple
 
 die() { echo "install.sh: error: $*" >&2; exit 1; }
 say() { echo "install.sh: $*"; }
@@ -48,10 +69,67 @@ while [ $# -gt 0 ]; do
         --models) [ $# -ge 2 ] || die "--models needs pair names"; MODELS="$2"; shift 2 ;;
         --no-start) START=0; shift ;;
         --no-apt) APT=0; shift ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        --check-platform) CHECK_PLATFORM=1; shift ;;
+        -h|--help) sed -n '2,49p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
+
+# 0. What this platform gets, decided before anything is touched.
+if [ -n "${DTLND_FAKE_PLATFORM:-}" ]; then
+    read -r CODENAME ARCH PYVER <<<"$DTLND_FAKE_PLATFORM"
+else
+    CODENAME="$( (. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}") || true)"
+    ARCH="$(dpkg --print-architecture 2>/dev/null || uname -m)"
+    PYVER="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" \
+        || die "$PYTHON not found: install python3 (sudo apt install python3 python3-venv)"
+fi
+WHERE="${CODENAME:-unknown release} ${ARCH} with Python ${PYVER}"
+PIP_EXTRA=()
+PIP_MACHINE=""
+[ $UNINSTALL = 1 ] || case "$ARCH" in
+    amd64|x86_64|arm64|aarch64)
+        PLAN="ai-edge-litert; every Python package a wheel from PyPI" ;;
+    armhf|armv7l)
+        case "$PYVER" in
+            3.9|3.11) PLAN="tflite-runtime 2.14 from PyPI; numpy<2, pyfftw, soxr, cffi and pyyaml from piwheels"
+                      PIP_EXTRA=(--extra-index-url "$PIWHEELS")
+                      PIP_MACHINE=armv7l ;;
+            *) echo "install.sh: $WHERE: not supported: no TF-Lite runtime exists for 32-bit ARM with" \
+                    "Python $PYVER (tflite-runtime has armv7l wheels for 3.9 and 3.11 only); install" \
+                    "64-bit Raspberry Pi OS, or 32-bit Bookworm" >&2
+               exit 69 ;;
+        esac ;;
+    *) echo "install.sh: $WHERE: not supported: no TF-Lite runtime wheels for $ARCH (use x86-64, arm64," \
+            "or 32-bit ARM with Python 3.9 or 3.11)" >&2
+       exit 69 ;;
+esac
+
+# The dependencies pip will install, from pyproject.toml, for this machine;
+# on 32-bit ARM evaluated for armv7l: under a 64-bit kernel pip's own
+# platform_machine says aarch64 and would pick ai-edge-litert.
+deps() {
+    "$1" - "$SRC/pyproject.toml" "$2" <<'EOF'
+import sys
+try:
+    import tomllib
+except ImportError:  # Python 3.9 and 3.10
+    from pip._vendor import tomli as tomllib
+from pip._vendor.packaging.requirements import Requirement
+
+with open(sys.argv[1], "rb") as f:
+    reqs = [Requirement(r) for r in tomllib.load(f)["project"]["dependencies"]]
+env = {"platform_machine": sys.argv[2]} if sys.argv[2] else None
+print(" ".join(str(r).split(";")[0].replace(" ", "") for r in reqs if r.marker is None or r.marker.evaluate(env)))
+EOF
+}
+
+if [ $CHECK_PLATFORM = 1 ]; then
+    say "$WHERE: supported: $PLAN"
+    say "Python packages: $(deps "$PYTHON" "$PIP_MACHINE" 2>/dev/null || echo "(listing them needs pip)")"
+    exit 0
+fi
+[ $UNINSTALL = 1 ] || say "$WHERE: $PLAN"
 
 SYSTEM=1
 [ -n "$ROOT" ] && SYSTEM=0
@@ -105,8 +183,15 @@ fi
 say "installing dtlnd into $VENV"
 mkdir -p "$OPT"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q "$SRC"
+if [ -n "$PIP_MACHINE" ]; then
+    # shellcheck disable=SC2046
+    "$VENV/bin/python" -m pip install -q "${PIP_EXTRA[@]}" $(deps "$VENV/bin/python" "$PIP_MACHINE")
+    "$VENV/bin/python" -m pip install -q --no-deps "$SRC"
+else
+    "$VENV/bin/python" -m pip install -q "$SRC"
+fi
 mkdir -p "$BIN"
 ln -sf "$VENV/bin/dtlnd" "$BIN/dtlnd"
 
@@ -118,7 +203,6 @@ elif ! cmp -s "$SRC/config/dtlnd.yaml" "$ETC/dtlnd.yaml"; then
     install -m 0644 "$SRC/config/dtlnd.yaml" "$ETC/dtlnd.yaml.dist"
     say "kept your $ETC/dtlnd.yaml; the new default is $ETC/dtlnd.yaml.dist"
 fi
-"$VENV/bin/dtlnd" config check "$ETC/dtlnd.yaml" >/dev/null
 
 # 4. Models, sha256-checked, written atomically.
 say "installing models: $MODELS"
@@ -127,6 +211,8 @@ fetch=("$VENV/bin/dtlnd" models fetch --dir "$MODEL_DIR" --no-progress)
 [ -n "$BASE_URL" ] && fetch+=(--base-url "$BASE_URL")
 # shellcheck disable=SC2086
 "${fetch[@]}" $MODELS
+# The file, and the model pairs it names (loaded as the service will).
+DTLND_MODEL_DIR="$MODEL_DIR" "$VENV/bin/dtlnd" config check "$ETC/dtlnd.yaml" >/dev/null
 
 # 5. ALSA: snd-aloop at boot, and the named PCMs.
 for f in "${INSTALLED_ALSA[@]}"; do install -D -m 0644 "$SRC/alsa/$f" "$ROOT/etc/$f"; done

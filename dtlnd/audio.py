@@ -8,20 +8,42 @@ so the output callback is never held up by it.  A block that is not ready
 when the output needs it is played as silence and counted (the bridge's
 deadline policy).
 
-Callbacks never log, raise or wait on locks: errors are stored for the
-supervisor, counters are plain integers.
+Callback duties (what the two callbacks do, and all they do):
+
+* The input callback counts PortAudio's overflow flag, checks the stream
+  for lost time (`LostTime`), converts the device rate to 16 kHz when it
+  is not 16 kHz, runs the engine on one 128-sample hop, writes the result
+  to the bridge and records the block's time in the stats ring.
+* The output callback counts the underflow flag, reads one hop from the
+  bridge, converts 16 kHz to the device rate when needed, scales to the
+  output format (round, clip) and copies it to every output channel.
+* Neither logs, takes a lock, waits, or lets an exception out: an
+  exception is counted in ``stats.callback_errors`` and kept in
+  ``stats.last_error`` for the supervisor, and the output plays silence.
+  Counters are plain integers, each with one writer.
+* At 16 kHz and at 2-6 x 16 kHz (48 kHz: `dtlnd.resample.Polyphase`) they
+  allocate no array: every buffer is made in ``__init__`` and numpy writes
+  into it with ``out=`` (tests/test_rt_alloc.py counts numpy buffers at
+  every C call).  They still make small Python objects: the column views
+  of PortAudio's ``indata`` and ints from the clock.  Any other input rate
+  goes through soxr and the any-size engine path, which allocate per
+  call, and so does the output of any other rate (soxr behind a FIFO,
+  `dtlnd.resample.OutputFifo`).
+* The first call of each callback asks for SCHED_FIFO for its thread
+  (one system call) and stores what happened for the supervisor's log.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from . import devices
+from . import devices, resample
 from .bridge import ClockBridge
 from .config import Settings
 from .constants import FORMATS, RATE, SHIFT
@@ -44,10 +66,66 @@ def _set_realtime(priority: int) -> str:
     return f"audio threads run SCHED_FIFO priority {priority}"
 
 
+class LostTime:
+    """Input time the stream clock says passed but whose samples never came ("gaps").
+
+    PortAudio flags no overflow when the whole process was stopped (SIGSTOP,
+    a VM pause, a stalled JACK client): the capture simply resumes later.
+    So each callback compares the monotonic time since the first callback
+    with the frames received: their difference (the deficit, in device
+    samples) jitters by a callback's lateness and returns when the backlog
+    arrives, but a loss raises it for good.  The minimum deficit over each
+    window of 32 callbacks (~0.26 s) is the floor; a floor higher than the
+    last one by more than one block is counted as lost time
+    (``stats.gap_samples`` in 16 kHz samples; ``stats.gaps`` counts losses,
+    a rise over two windows in a row being one).  The
+    floor follows slow drift between the device's crystal and the system
+    clock both ways (0.1 % is 4 samples per window), so drift is never a gap.
+    """
+
+    WINDOW = 32
+
+    def __init__(self, rate: int, stats: BlockStats) -> None:
+        self.rate = rate
+        self.stats = stats
+        self._threshold = rate * SHIFT // RATE
+        self.reset()
+
+    def reset(self) -> None:
+        self._t0 = -1
+        self._frames = 0
+        self._floor = -1 << 62  # none yet
+        self._min = 1 << 62
+        self._count = 0
+        self._rising = False
+
+    def note(self, now_ns: int, frames: int) -> None:
+        """One callback at ``now_ns`` (monotonic) that brought ``frames`` frames."""
+        if self._t0 < 0:
+            self._t0 = now_ns
+        deficit = (now_ns - self._t0) * self.rate // 1_000_000_000 - self._frames
+        self._frames += frames
+        if deficit < self._min:
+            self._min = deficit
+        self._count += 1
+        if self._count == self.WINDOW:
+            floor = self._min
+            rise = floor - self._floor if self._floor != -1 << 62 else 0
+            if rise > self._threshold:
+                self.stats.gaps += 0 if self._rising else 1  # one loss may span two windows
+                self.stats.gap_samples += rise * RATE // self.rate
+            self._rising = rise > self._threshold
+            self._floor = floor
+            self._min = 1 << 62
+            self._count = 0
+
+
 class AudioPipeline:
     """Open (``start``) and close the two streams for one set of settings."""
 
-    def __init__(self, settings: Settings, processor: HopProcessor, stats: BlockStats) -> None:
+    def __init__(self, settings: Settings, processor: HopProcessor, stats: BlockStats,
+                 on_finished: Optional[Callable[[], None]] = None) -> None:
+        """``on_finished``: called (in PortAudio's thread) when either stream ends, so a dead one is seen at once."""
         self.settings = settings
         self.processor = processor
         self.stats = stats
@@ -64,40 +142,72 @@ class AudioPipeline:
         self.mic_ch = s.input.channel % n_in
         self.far_ch = s.ref_channel % n_in if processor.channels == 2 else None
         target = s.buffer_blocks * SHIFT + SHIFT // 2  # + half a block: the clocks' phase sweep
-        self.bridge = ClockBridge(target=target, block=SHIFT, out_step=RATE / self.out_rate)
+        if (self.in_rate != RATE and not resample.integer_factor(self.in_rate)) or \
+                (self.out_rate != RATE and not resample.integer_factor(self.out_rate)):
+            # soxr's stream returns its output in bursts (0 to ~540 samples per 8 ms at 44.1 kHz HQ):
+            # 40 ms more in the bridge, or it runs dry between bursts.
+            target += 5 * SHIFT
+        self.bridge = ClockBridge(target=target, block=SHIFT, stats=stats)
+        self._lost = LostTime(self.in_rate, stats)
+        self._hop_read = np.zeros(SHIFT, np.float32)
         self._hop_out = np.zeros(SHIFT, np.float32)
+        self._mic16 = np.zeros(SHIFT, np.float32)
+        self._far16 = np.zeros(SHIFT, np.float32)
         self._resampler = None
         self._stream_in: Optional[BlockStream] = None
-        if self.in_rate != RATE:
-            import soxr
-
-            picks = [self.mic_ch] + ([self.far_ch] if self.far_ch is not None else [])
-            self._picks = picks
-            self._resampler = soxr.ResampleStream(self.in_rate, RATE, len(picks), dtype="float32", quality="HQ")
+        self._down = self._down_far = self._up = None
+        f_in, f_out = resample.integer_factor(self.in_rate), resample.integer_factor(self.out_rate)
+        if f_in:
+            self._down = resample.Polyphase(f_in, up=False)
+            self._down_far = resample.Polyphase(f_in, up=False) if self.far_ch is not None else None
+            log.info("input %s runs at %d Hz: resampling to 16000 Hz in process (FIR 1:%d)",
+                     self.in_dev.name, self.in_rate, f_in)
+        elif self.in_rate != RATE:
+            self._picks = [self.mic_ch] + ([self.far_ch] if self.far_ch is not None else [])
+            self._resampler = resample.SoxrStream(self.in_rate, RATE, len(self._picks))
             self._stream_in = BlockStream(processor)
             log.info("input %s runs at %d Hz: resampling to 16000 Hz in process (soxr)", self.in_dev.name, self.in_rate)
-        if self.out_rate != RATE:
-            log.info("output %s runs at %d Hz: resampling from 16000 Hz in process", self.out_dev.name, self.out_rate)
+        if f_out:
+            self._up = resample.Polyphase(f_out, up=True)
+            log.info("output %s runs at %d Hz: resampling from 16000 Hz in process (FIR %d:1)",
+                     self.out_dev.name, self.out_rate, f_out)
+        self._out_fifo: Optional[resample.OutputFifo] = None
+        if not f_out and self.out_rate != RATE:
+            self._out_fifo = resample.OutputFifo(self.out_rate)
+            log.info("output %s runs at %d Hz: resampling from 16000 Hz in process (soxr)",
+                     self.out_dev.name, self.out_rate)
         dtype = FORMATS[s.output.format]
-        out_block = max(1, round(SHIFT * self.out_rate / RATE))
-        self._out_f32 = np.zeros(out_block, np.float32)
+        out_block = self._out_fifo.frames if self._out_fifo is not None else SHIFT * (f_out or 1)
+        in_block = SHIFT * f_in if f_in else max(1, round(SHIFT * self.in_rate / RATE))
+        self._out_hi = np.zeros(out_block, np.float32)
         self._out_scaled = np.zeros(out_block, np.float32)
         self._int_scale = {"int16": 32767.0, "int32": 2147483392.0, "float32": None}[dtype]
-        self._int_limits = {"int16": (-32768.0, 32767.0), "int32": (-2147483648.0, 2147483392.0)}.get(dtype)
+        self._int_limits = {"int16": (-32768.0, 32767.0), "int32": (-2147483648.0, 2147483392.0)}.get(dtype, (0, 0))
         self._rt_priority = s.rt_priority
         self._rt = {"input": False, "output": False}
         self.rt_results: list[str] = []
         latency = s.latency
-        self.input_stream = sd.InputStream(
-            device=self.in_dev.index, samplerate=self.in_rate, channels=n_in, dtype="float32",
-            blocksize=max(1, round(SHIFT * self.in_rate / RATE)), latency=latency, callback=self._input_callback)
+        try:
+            self.input_stream = sd.InputStream(
+                device=self.in_dev.index, samplerate=self.in_rate, channels=n_in, dtype="float32",
+                blocksize=in_block, latency=latency, callback=self._input_callback,
+                finished_callback=on_finished)
+        except sd.PortAudioError as exc:
+            raise devices.open_error("input", self.in_dev, exc) from None
         try:
             self.output_stream = sd.OutputStream(
                 device=self.out_dev.index, samplerate=self.out_rate, channels=s.output.channels, dtype=dtype,
-                blocksize=out_block, latency=latency, callback=self._output_callback)
+                blocksize=out_block, latency=latency, callback=self._output_callback,
+                finished_callback=on_finished)
+        except sd.PortAudioError as exc:
+            self.input_stream.close()
+            raise devices.open_error("output", self.out_dev, exc) from None
         except Exception:
             self.input_stream.close()
             raise
+        # Column views made once: outdata is (frames, channels); every channel gets the mono signal.
+        self._out_col = self._out_hi[:, None]
+        self._scaled_col = self._out_scaled[:, None]
 
     # -- callbacks ---------------------------------------------------------
 
@@ -113,10 +223,19 @@ class AudioPipeline:
             if not self._rt["input"]:
                 self._realtime("input")
             t0 = time.perf_counter_ns()
-            if self._resampler is None and frames == SHIFT:
+            self._lost.note(t0, frames)
+            if self._down is not None:
+                self._down.process(indata[:, self.mic_ch], self._mic16)
+                far = None
+                if self._down_far is not None:
+                    self._down_far.process(indata[:, self.far_ch], self._far16)
+                    far = self._far16
+                self.processor.process_hop(self._mic16, far, self._hop_out)
+                self.bridge.write(self._hop_out, t0)
+            elif self._resampler is None and frames == SHIFT:
                 far = indata[:, self.far_ch] if self.far_ch is not None else None
                 self.processor.process_hop(indata[:, self.mic_ch], far, self._hop_out)
-                self.bridge.write(self._hop_out)
+                self.bridge.write(self._hop_out, t0)
             else:
                 self._input_resampled(indata)
             stats.record(time.perf_counter_ns() - t0)
@@ -125,9 +244,9 @@ class AudioPipeline:
             stats.last_error = exc
 
     def _input_resampled(self, indata: np.ndarray) -> None:
-        """Any rate or block size: soxr to 16 kHz, then the any-size engine path."""
+        """Any other rate: soxr to 16 kHz, then the any-size engine path (both allocate per call)."""
         if self._resampler is not None:
-            x = self._resampler.resample_chunk(np.ascontiguousarray(indata[:, self._picks]))
+            x = self._resampler.process(indata[:, self._picks])
             mic, far = x[:, 0], (x[:, 1] if x.shape[1] > 1 else None)
         else:
             mic = indata[:, self.mic_ch]
@@ -144,15 +263,21 @@ class AudioPipeline:
                 stats.output_underflows += 1
             if not self._rt["output"]:
                 self._realtime("output")
-            buf = self._out_f32 if frames == len(self._out_f32) else np.zeros(frames, np.float32)
-            self.bridge.read(buf)
-            if self._int_scale is None:
-                np.copyto(outdata, buf[:, None])
+            buf = self._out_hi
+            if self._out_fifo is not None:
+                self._out_fifo.fill(self.bridge, buf)
+            elif self._up is not None:
+                self.bridge.read(self._hop_read)
+                self._up.process(self._hop_read, buf)
             else:
-                scaled = self._out_scaled if frames == len(self._out_scaled) else np.empty(frames, np.float32)
-                np.multiply(buf, self._int_scale, out=scaled)
-                np.clip(scaled, *self._int_limits, out=scaled)
-                np.copyto(outdata, scaled[:, None], casting="unsafe")
+                self.bridge.read(buf)
+            if self._int_scale is None:
+                np.copyto(outdata, self._out_col)
+            else:
+                np.multiply(buf, self._int_scale, out=self._out_scaled)
+                np.rint(self._out_scaled, out=self._out_scaled)
+                np.clip(self._out_scaled, self._int_limits[0], self._int_limits[1], out=self._out_scaled)
+                np.copyto(outdata, self._scaled_col, casting="unsafe")
             stats.outputs += 1
         except Exception as exc:
             outdata.fill(0)
@@ -164,21 +289,49 @@ class AudioPipeline:
     def start(self) -> None:
         self.processor.reset()
         self.bridge.reset()
-        self.output_stream.start()
-        self.input_stream.start()
+        self._lost.reset()
+        for r in (self._down, self._down_far, self._up, self._out_fifo):
+            if r is not None:
+                r.reset()
+        sd = devices.sd()
+        for kind, dev, stream in (("output", self.out_dev, self.output_stream),
+                                  ("input", self.in_dev, self.input_stream)):
+            try:
+                stream.start()
+            except sd.PortAudioError as exc:
+                self.close()
+                raise devices.open_error(kind, dev, exc) from None
 
     @property
     def active(self) -> bool:
         return bool(self.input_stream.active and self.output_stream.active)
 
-    def close(self) -> None:
-        """Stop both streams now (abort: nothing to drain on a live stream)."""
-        for stream in (self.input_stream, self.output_stream):
-            try:
-                stream.abort()
-                stream.close()
-            except Exception as exc:
-                log.debug("closing %s: %s", stream, exc)
+    def close(self, timeout: float = 2.0) -> bool:
+        """Stop both streams now (abort: nothing to drain on a live stream); False if the driver blocked it.
+
+        A close can block in the driver: on JACK, after the process was
+        stopped (SIGSTOP) while other clients ran, ``snd_pcm_close`` waits on
+        the server for good.  After ``timeout`` s the close is left to its
+        helper thread and PortAudio is marked wedged (`devices.wedged`), so
+        neither a reinitialisation nor the shutdown at exit waits on it too.
+        """
+        done = threading.Event()
+
+        def run() -> None:
+            for stream in (self.input_stream, self.output_stream):
+                try:
+                    stream.abort()
+                    stream.close()
+                except Exception as exc:
+                    log.debug("closing %s: %s", stream, exc)
+            done.set()
+
+        threading.Thread(target=run, name="dtlnd-close", daemon=True).start()
+        if done.wait(timeout):
+            return True
+        log.warning("closing the audio streams is blocked in the driver after %.1f s: left behind", timeout)
+        devices.wedged()
+        return False
 
     def latency(self) -> Latency:
         """Microphone-to-loopback delay.
@@ -187,10 +340,13 @@ class AudioPipeline:
         the capture buffer's size, which a sample only waits through when the
         callback falls behind; while it keeps up a sample waits at most one
         period.  Output is PortAudio's figure (the playback buffer is kept
-        full), the buffer the bridge's mean fill.  Checked end to end on the
-        test rig, where both match a cross-correlation of input and output.
+        full), the buffer the bridge's mean fill.  Algorithmic includes the
+        rate converters' group delay (36 samples each way for 48 kHz).
+        Checked end to end on the test rig, where both match a
+        cross-correlation of input and output.
         """
-        algorithmic = self.processor.delay + (SHIFT if self._stream_in is not None else 0)
+        algorithmic = (self.processor.delay + (SHIFT if self._stream_in is not None else 0)
+                       + sum(r.delay for r in (self._down, self._up, self._out_fifo) if r is not None))
         return Latency(
             algorithmic=1000.0 * algorithmic / RATE,
             input=1000.0 * self.input_stream.blocksize / self.in_rate,

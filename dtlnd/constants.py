@@ -25,7 +25,9 @@ MODES = ("ns", "aec", "aec+ns")
 #: The pair each stage uses when none is named.
 DEFAULT_MODELS = {"ns": "dtln_ns_quant", "aec": "dtln_aec_128_quant"}
 #: Model runtimes in the order ``auto`` tries them (``auto`` first).
-RUNTIMES = ("auto", "ai-edge-litert", "tflite-runtime", "tensorflow")
+RUNTIMES = ("auto", "ai-edge-litert", "tflite-runtime", "tensorflow", "onnxruntime")
+#: Forms a model pair's files come in (``NAME_1.tflite``...), in the order ``auto`` prefers.
+MODEL_FORMATS = ("tflite", "onnx")
 #: ALSA sample format names -> the numpy dtype the output stream uses.
 FORMATS = {"S16_LE": "int16", "S32_LE": "int32", "FLOAT_LE": "float32"}
 #: Log levels, least severe first.

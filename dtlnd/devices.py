@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from .constants import RATE
 from .errors import DeviceError
@@ -26,10 +26,23 @@ _LISTED_HW = re.compile(r"\(hw:(\d+),(\d+)\)$")
 _jack_server: Optional[tuple[int, int]] = None  # the JACK server PortAudio joined at init
 
 
+PORTAUDIO_MISSING = "PortAudio is not installed: sudo apt install libportaudio2"
+
+
+def no_devices(kind: str = "") -> DeviceError:
+    """What to say when PortAudio lists no (``kind``: input or output) device at all."""
+    what = f"audio {kind} devices" if kind else "audio devices"
+    return DeviceError(f"no {what} found: connect one, check 'aplay -l' and 'arecord -l', "
+                       "and that this user is in the audio group")
+
+
 def sd():
     """sounddevice, imported on first use (it loads PortAudio and enumerates devices)."""
     global _jack_server
-    import sounddevice
+    try:
+        import sounddevice
+    except OSError:  # sounddevice's wheel for Linux has no PortAudio of its own
+        raise DeviceError(PORTAUDIO_MISSING) from None
 
     if _jack_server is None:
         _jack_server = _jack_server_identity()
@@ -58,10 +71,12 @@ def reinitialize() -> bool:
     aborts in Pa_Terminate then (PortAudio #819).  The old list is kept (ALSA
     PCM names stay valid; only a USB card that comes back under a new number
     is missed) and PortAudio's own shutdown at exit is skipped too, for the
-    same reason.  Returns whether it restarted.
+    same reason, and after a close that blocked (`wedged`).  Returns whether it restarted.
     """
     global _jack_server
     s = sd()
+    if _wedged:
+        return False
     if _jack_server is not None and _jack_server_identity() != _jack_server:
         atexit.unregister(s._exit_handler)
         return False
@@ -69,6 +84,20 @@ def reinitialize() -> bool:
     s._initialize()
     _jack_server = _jack_server_identity()
     return True
+
+
+_wedged = False  # a stream close blocked in the driver: PortAudio must not be terminated
+
+
+def wedged() -> None:
+    """A stream could not be closed: never terminate PortAudio again (it would block on that stream).
+
+    The device list is kept as it is, and PortAudio's shutdown at exit is skipped.
+    """
+    global _wedged
+    if not _wedged:
+        _wedged = True
+        atexit.unregister(sd()._exit_handler)
 
 
 @dataclass(frozen=True)
@@ -136,6 +165,8 @@ def resolve(spec: Union[str, int], kind: str) -> Device:
                  or match_hw(text, usable)
                  or _unique_substring(text, usable)
                  or next((d for d in devices if d.name == text), None))  # exists, wrong direction
+    if not usable:
+        raise no_devices(kind)
     if found is None or getattr(found, need) == 0:
         names = "; ".join(f"{d.index}: {d.name}" for d in usable) or "none"
         why = "has no " + kind + " channels" if found is not None else "not found"
@@ -181,12 +212,36 @@ def pick_rate(device: Device, kind: str, wanted: Optional[int], channels: int) -
     return native
 
 
+_EBUSY = 16  # errno: ALSA's snd_pcm_open on a PCM another program holds; PortAudio: paDeviceUnavailable
+
+
+def open_error(kind: str, device: Device, exc: Exception) -> DeviceError:
+    """One line for a stream that PortAudio could not open or start (``exc``: its PortAudioError).
+
+    A device another program holds (ALSA ``hw:`` PCMs are exclusive) says so
+    and what to do; anything else names the device and PortAudio's reason.
+    """
+    args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
+    code = args[1] if len(args) > 1 and isinstance(args[1], int) else None
+    host: tuple[Any, ...] = args[2] if len(args) > 2 and isinstance(args[2], tuple) and len(args[2]) > 2 else ()
+    text = str(args[0]) if args else str(exc)
+    busy = code == -9985 or (host and host[1] == -_EBUSY) or "busy" in text.lower()
+    if busy:
+        return DeviceError(f"{kind} device {device.name!r}: Device or resource busy: stop the program holding "
+                           "it, or use the dsnoop/pipewire PCM (for the output: dmix/pipewire)")
+    reason = f"{text} (host error {host[1]}: {host[2]})" if host else text
+    return DeviceError(f"{kind} device {device.name!r} could not be opened: {reason}: check {kind}.device, "
+                       f"{kind}.rate and {kind}.channels against 'dtlnd devices'")
+
+
 def describe() -> str:
     """The table ``dtlnd devices`` prints."""
     rows = [f"{'idx':>3}  {'in':>3} {'out':>3}  {'16k in':>6} {'16k out':>7}  name"]
     for d in list_devices():
-        ins = "yes" if d.max_input_channels and supports_rate(d, "input", RATE) else ("no" if d.max_input_channels else "-")
-        outs = "yes" if d.max_output_channels and supports_rate(d, "output", RATE) else ("no" if d.max_output_channels else "-")
+        ins = ("yes" if d.max_input_channels and supports_rate(d, "input", RATE)
+               else ("no" if d.max_input_channels else "-"))
+        outs = ("yes" if d.max_output_channels and supports_rate(d, "output", RATE)
+                else ("no" if d.max_output_channels else "-"))
         rows.append(f"{d.index:>3}  {d.max_input_channels:>3} {d.max_output_channels:>3}  {ins:>6} {outs:>7}  "
                     f"{d.name} (default {int(d.default_rate)} Hz)")
     return "\n".join(rows)

@@ -9,6 +9,8 @@ on every call, which silently overwrites an earlier result).
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import numpy as np
 
 from .constants import BINS, BLOCK, SHIFT
@@ -38,20 +40,22 @@ class RealFFT:
     (complex64[257]) in place; `forward` and `inverse` allocate nothing with
     FFTW.  The inverse is *not* divided by 512: the engine folds that into
     the mask it multiplies anyway, which saves a pass per block.  It may
-    overwrite ``masked`` (FFTW's c2r destroys its input).
+    overwrite ``masked`` (FFTW's c2r destroys its input).  With ``out`` None
+    the transform is forward-only (the far-end reference): no inverse plan,
+    no ``masked`` buffer, and ``inverse`` is None.
     """
 
-    def __init__(self, out: np.ndarray, backend: str = "auto") -> None:
+    def __init__(self, out: Optional[np.ndarray], backend: str = "auto") -> None:
         if backend == "auto":
             backend = default_backend()
         if backend not in fft_backends():
             raise ValueError(f"FFT backend {backend!r} is not available here: use one of {fft_backends()}")
         self.backend = backend
         self.out = out
+        self.inverse: Optional[Callable[[], None]] = None
         if backend == "pyfftw":
             self.window = pyfftw.empty_aligned(BLOCK, dtype=np.float32)
             self.spectrum = pyfftw.empty_aligned(BINS, dtype=np.complex64)
-            self.masked = pyfftw.empty_aligned(BINS, dtype=np.complex64)
             # FFTW_ESTIMATE: MEASURE picks plans by timing, so two processes
             # could round differently (and quantized models amplify that).
             # The window slides, so the forward transform must preserve it;
@@ -59,18 +63,22 @@ class RealFFT:
             # inverse writes straight into ``out`` (e.g. model 2's input).
             self.forward = pyfftw.FFTW(self.window, self.spectrum, flags=("FFTW_ESTIMATE",),
                                        threads=1).execute
-            self.inverse = pyfftw.FFTW(self.masked, out, direction="FFTW_BACKWARD",
-                                       flags=("FFTW_ESTIMATE", "FFTW_DESTROY_INPUT"), threads=1).execute
+            if out is not None:
+                self.masked = pyfftw.empty_aligned(BINS, dtype=np.complex64)
+                self.inverse = pyfftw.FFTW(self.masked, out, direction="FFTW_BACKWARD",
+                                           flags=("FFTW_ESTIMATE", "FFTW_DESTROY_INPUT"), threads=1).execute
         else:
             self.window = np.zeros(BLOCK, dtype=np.float32)
             self.spectrum = np.zeros(BINS, dtype=np.complex64)
-            self.masked = np.zeros(BINS, dtype=np.complex64)
             self.forward = self._forward_numpy
-            self.inverse = self._inverse_numpy
+            if out is not None:
+                self.masked = np.zeros(BINS, dtype=np.complex64)
+                self.inverse = self._inverse_numpy
         # Planning may scribble on the arrays.
         self.window.fill(0.0)
-        self.masked.fill(0.0)
-        out.fill(0.0)
+        if out is not None:
+            self.masked.fill(0.0)
+            out.fill(0.0)
 
     if _NUMPY_FFT_OUT:
         def _forward_numpy(self) -> None:
@@ -83,25 +91,21 @@ class RealFFT:
             self.spectrum[:] = np.fft.rfft(self.window)
 
         def _inverse_numpy(self) -> None:
-            self.out[:] = np.fft.irfft(self.masked, n=BLOCK, norm="forward")
+            self.out[:] = np.fft.irfft(self.masked, n=BLOCK, norm="forward")  # type: ignore[index]
 
 
 class SlidingWindow:
     """The 512-sample analysis window, advanced 128 samples per hop.
 
-    The window *is* the FFT's input array.  A hop is two 1-D copies on
-    ``views`` = (old, keep, new): ``old[:] = keep`` then ``new[:] = hop``
-    (numpy copies overlapping same-direction 1-D ranges without a temporary).
+    The window *is* the FFT's input array.  The engine advances it with two
+    1-D copies on ``views`` = (old, keep, new): ``old[:] = keep`` then
+    ``new[:] = hop`` (numpy copies overlapping same-direction 1-D ranges
+    without a temporary).
     """
 
     def __init__(self, window: np.ndarray) -> None:
         self.window = window
         self.views = (window[: BLOCK - SHIFT], window[SHIFT:], window[BLOCK - SHIFT:])
-
-    def push(self, hop: np.ndarray) -> None:
-        old, keep, new = self.views
-        np.copyto(old, keep)
-        np.copyto(new, hop)
 
     def clear(self) -> None:
         self.window.fill(0.0)

@@ -12,15 +12,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import soundfile as sf
 import soxr
 
+from .atomic import atomic_write
 from .constants import RATE
 from .engine import BlockStream, HopProcessor
 from .errors import DtlndError, InputError, OutputError, UsageError
@@ -38,6 +39,7 @@ class FileOptions:
     ref: Optional[Path] = None
     ref_channel: Optional[int] = None  # None: the last channel
     subtype: Optional[str] = None  # None: the input's subtype
+    ref_delay: Union[str, float] = "auto"  # aec: "auto" or ms (see dtlnd.align)
 
 
 def _open(path: Path, what: str) -> sf.SoundFile:
@@ -110,8 +112,29 @@ def load_signals(src: Path, opts: FileOptions, need_far: bool) -> tuple[np.ndarr
     return mic, far, subtype
 
 
+_FORMAT_ALIASES = {"aif": "AIFF", "oga": "OGG", "wave": "WAV"}
+
+
+def output_format(dst: Path) -> str:
+    """The libsndfile format the output name's extension asks for; an error when it writes no such files."""
+    ext = dst.suffix.lower().lstrip(".")
+    fmt = _FORMAT_ALIASES.get(ext, ext.upper())
+    if not ext or fmt not in sf.available_formats():
+        ours = ", ".join(f".{f.lower()}" for f in ("WAV", "FLAC", "OGG", "MP3") if f in sf.available_formats())
+        what = f"libsndfile {sf.__libsndfile_version__} cannot write .{ext} files" if ext else "no extension"
+        raise UsageError(f"{dst}: {what}: name the output with one of {ours}")
+    return fmt
+
+
+def summary(what: str, audio_seconds: float, wall_seconds: float) -> str:
+    """The one line ``process`` and ``demo`` print: what, how long, and the real-time factor (wall / audio)."""
+    rtf = wall_seconds / audio_seconds if audio_seconds > 0 else 0.0
+    speed = f" ({1 / rtf:.0f}x faster than real time)" if 0 < rtf < 1 else ""
+    return f"{what}: {audio_seconds:.1f} s of audio in {wall_seconds:.2f} s, real-time factor {rtf:.3f}{speed}"
+
+
 def _output_subtype(dst: Path, in_subtype: str, wanted: Optional[str]) -> tuple[str, str]:
-    fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(dst.suffix.lower(), "WAV")
+    fmt = output_format(dst)
     subtype = (wanted or in_subtype).upper()
     if subtype not in sf.available_subtypes(fmt):
         if wanted:
@@ -121,8 +144,13 @@ def _output_subtype(dst: Path, in_subtype: str, wanted: Optional[str]) -> tuple[
     return fmt, subtype
 
 
-def enhance(stream: BlockStream, mic: np.ndarray, far: Optional[np.ndarray]) -> np.ndarray:
-    """Run a whole signal through ``stream``, output aligned with the input."""
+def enhance(stream: BlockStream, mic: np.ndarray, far: Optional[np.ndarray],
+            resets: tuple[int, ...] = ()) -> np.ndarray:
+    """Run a whole signal through ``stream``, output aligned with the input.
+
+    ``resets``: samples at which the echo canceller's LSTM states are zeroed
+    (where the reference alignment changed, as the live path does).
+    """
     stream.reset()
     d = stream.delay
     n = len(mic)
@@ -130,53 +158,48 @@ def enhance(stream: BlockStream, mic: np.ndarray, far: Optional[np.ndarray]) -> 
     if far is not None:
         far = np.concatenate([far, np.zeros(d, np.float32)])
     out = np.empty(n + d, np.float32)
-    for pos in range(0, n + d, _CHUNK):
-        end = min(pos + _CHUNK, n + d)
+    bounds = sorted(set(range(0, n + d, _CHUNK)) | {r for r in resets if 0 < r < n})
+    for pos, end in zip(bounds, [*bounds[1:], n + d]):
+        if pos in resets:
+            from .delayline import echo_stage
+
+            echo_stage(stream.processor).pair.reset()
         stream.process(mic[pos:end], None if far is None else far[pos:end], out[pos:end])
     return out[d:]
 
 
-def process_file(src: Path, dst: Path, processor: HopProcessor, opts: FileOptions) -> None:
-    """Enhance one file into ``dst`` (written atomically)."""
+def process_file(src: Path, dst: Path, processor: HopProcessor, opts: FileOptions) -> float:
+    """Enhance one file into ``dst`` (written atomically); returns the seconds of audio processed."""
     if dst.exists() and src.exists() and os.path.samefile(src, dst):
         raise UsageError(f"{dst}: output would overwrite the input: choose another output path")
     mic, far, in_subtype = load_signals(src, opts, processor.channels == 2)
+    resets: tuple[int, ...] = ()
     fmt, subtype = _output_subtype(dst, in_subtype, opts.subtype)
-    y = enhance(BlockStream(processor), mic, far)
+    if far is not None and opts.ref_delay != 0:
+        from .align import align_reference
+
+        aligned = align_reference(mic, far, opts.ref_delay)
+        far, resets = aligned.far, aligned.resets
+        log.log(aligned.level, "%s: %s", src.name, aligned.text)
+    y = enhance(BlockStream(processor), mic, far, resets)
     if subtype.startswith("PCM") or subtype in ("ULAW", "ALAW"):
         np.clip(y, -1.0, 1.0, out=y)
     write_atomic(dst, y, fmt, subtype)
-
-
-def _umask() -> int:
-    """The process umask: the only way to read it is to set it."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    return len(y) / RATE
 
 
 def write_atomic(dst: Path, data: np.ndarray, fmt: str, subtype: str) -> None:
-    """Write ``dst`` via a temporary file beside it, with the modes a plain ``open`` would give."""
+    """Write ``dst`` through `dtlnd.atomic`: never half-written, the modes a plain ``open`` would give."""
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
+        with atomic_write(dst) as fh:
+            sf.write(fh, data, RATE, subtype=subtype, format=fmt)
     except (FileExistsError, NotADirectoryError):
         raise OutputError(f"{dst}: cannot write there: a part of the folder path is a file, "
                           "not a folder") from None
     except OSError as exc:
-        raise OutputError(f"{dst}: cannot write there ({exc.strerror}): check the folder and permissions") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o666 & ~_umask())  # mkstemp's 0600 would hide it from other users
-            sf.write(fh, data, RATE, subtype=subtype, format=fmt)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    except BaseException as exc:
-        os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise OutputError(f"{dst}: cannot write ({exc.strerror}): check free space and permissions") from None
-        raise
+        raise OutputError(f"{dst}: cannot write ({exc.strerror}): check the folder, free space "
+                          "and permissions") from None
 
 
 def audio_files(root: Path) -> list[Path]:
@@ -198,15 +221,17 @@ def process_tree(src: Path, dst: Path, processor: HopProcessor, opts: FileOption
     if opts.ref is not None:
         raise UsageError("--ref takes one file: for a folder, put the reference into a channel of each input")
     failed: list[DtlndError] = []
+    start, seconds = time.perf_counter(), 0.0
     # disable=None: no bar when stderr is not a terminal (logs, pipes, systemd).
     bar = tqdm(files, unit="file", disable=None if progress else True, leave=False)
     for path in bar:
         bar.set_postfix_str(path.name, refresh=False)
         try:
-            process_file(path, dst / path.relative_to(src), processor, opts)
+            seconds += process_file(path, dst / path.relative_to(src), processor, opts)
         except DtlndError as exc:
             failed.append(exc)
             bar.write(f"dtlnd: error: {exc}", file=sys.stderr)
     bar.close()
-    log.info("%d of %d files processed into %s", len(files) - len(failed), len(files), dst)
+    print(summary(f"enhanced {len(files) - len(failed)} of {len(files)} files into {dst}", seconds,
+                  time.perf_counter() - start))
     return failed[0].exit_status if failed else 0

@@ -1,17 +1,15 @@
-"""TF-Lite model pairs: find the files, load them, bind every tensor by role.
+"""Model pairs: load the two files of a pair and bind every tensor by role.
 
-A DTLN pair is two interpreters whose LSTM states are explicit input and
-output tensors.  The files disagree on input order (and PiDTLN2 even puts
-model 2's states first among its outputs), so nothing here trusts a
-position: a tensor's role comes from its shape (4-D = LSTM states, 257 bins =
-spectrum, 512 samples = time block) and, where two inputs share a shape (the
-AEC pairs' near-end and far-end signals), from its Keras input name.
+A DTLN pair is two models whose LSTM states are explicit input and output
+tensors.  `dtlnd.store.locate` finds the files; TF-Lite files run on one of
+the TF-Lite runtimes, ONNX files on onnxruntime (`dtlnd.ortmodel`); roles
+come from `dtlnd.binding`, never from positions.
 
-The engine keeps numpy views on the interpreters' own tensors for the life
-of a pair and calls the wrapper's ``Invoke`` directly: the public
-``invoke()`` refuses to run while such views exist (a guard against
-``allocate_tensors()`` moving the buffers, which never happens after
-binding).  `ModelPair` checks once that the buffers do not move.
+The engine keeps numpy views on the models' own buffers for the life of a
+pair and calls ``invoke`` directly.  For TF-Lite that is the wrapper's raw
+``Invoke``: the public ``invoke()`` refuses to run while such views exist (a
+guard against ``allocate_tensors()`` moving the buffers, which never happens
+after binding).  `ModelPair` checks once that the buffers do not move.
 """
 
 from __future__ import annotations
@@ -19,45 +17,64 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import re
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import paths
-from .constants import BINS, BLOCK
-from .errors import ModelError
+from . import store
+from .binding import Model, Tensor, assign_roles
+from .constants import BINS, BLOCK, MODEL_FORMATS, RUNTIMES
+from .errors import ModelError, remedied
+from .ortmodel import OnnxModel
 
-#: Runtimes in the order ``auto`` tries them, with the module that holds
-#: their ``Interpreter`` class.
-RUNTIMES: dict[str, str] = {
+#: The TF-Lite runtimes in the order ``auto`` tries them, with the module
+#: that holds their ``Interpreter`` class.
+TFLITE_RUNTIMES: dict[str, str] = {
     "ai-edge-litert": "ai_edge_litert.interpreter",
     "tflite-runtime": "tflite_runtime.interpreter",
     "tensorflow": "tensorflow.lite",
 }
+#: The runtime of ONNX files.
+ONNX_RUNTIME = "onnxruntime"
+assert ("auto", *TFLITE_RUNTIMES, ONNX_RUNTIME) == RUNTIMES, "constants.RUNTIMES and runtime disagree"
 
 _TFLITE_MAGIC = b"TFL3"
 
 log = logging.getLogger("dtlnd")
 
 
-def load_runtime(name: str = "auto") -> tuple[str, type]:
-    """Return ``(runtime name, Interpreter class)``.
+def formats_for(runtime: str) -> tuple[str, ...]:
+    """The file forms a runtime setting can load, in the order they are looked for."""
+    if runtime == "auto":
+        return MODEL_FORMATS
+    return ("onnx",) if runtime == ONNX_RUNTIME else ("tflite",)
 
-    ``auto`` takes the first runtime that imports; a named one must import
-    or the error says why (e.g. tflite-runtime 2.14 next to numpy 2).
+
+def load_runtime(name: str = "auto", fmt: str = "tflite") -> tuple[str, Any]:
+    """Return ``(runtime name, Interpreter class)``, or for ``fmt`` onnx
+    ``("onnxruntime", the onnxruntime module)``.
+
+    ``auto`` takes the first runtime for ``fmt`` that imports; a named one
+    must import or the error says why (e.g. tflite-runtime 2.14 next to numpy 2).
     """
-    if name != "auto" and name not in RUNTIMES:
-        raise ModelError(
-            f"unknown runtime {name!r}: use one of auto, {', '.join(RUNTIMES)}"
-        )
+    if name not in RUNTIMES:
+        raise ModelError(f"unknown runtime {name!r}: use one of {', '.join(RUNTIMES)}")
+    if (fmt == "onnx") != (name == ONNX_RUNTIME) and name != "auto":
+        use = "runtime onnxruntime or auto" if fmt == "onnx" else "a TF-Lite runtime or auto"
+        raise ModelError(f"runtime {name} cannot load {'ONNX' if fmt == 'onnx' else 'TF-Lite'} files: use {use}")
+    if fmt == "onnx":
+        try:
+            return ONNX_RUNTIME, importlib.import_module("onnxruntime")
+        except Exception as exc:  # ImportError, or numpy ABI errors at import
+            raise ModelError(f"runtime onnxruntime is not usable ({type(exc).__name__}: {exc})".splitlines()[0]
+                             + ": pip install onnxruntime (x86-64 and aarch64 only)") from None
     reasons = []
-    for rt, module in RUNTIMES.items():
+    for rt, module in TFLITE_RUNTIMES.items():
         if name not in ("auto", rt):
             continue
         try:
@@ -104,71 +121,41 @@ def _native_stderr() -> Iterator[list[str]]:
 def installed_runtimes() -> list[str]:
     """Names of the runtimes that import on this machine."""
     found = []
-    for rt in RUNTIMES:
+    for rt in RUNTIMES[1:]:
         try:
-            load_runtime(rt)
+            load_runtime(rt, formats_for(rt)[0])
         except ModelError:
             continue
         found.append(rt)
     return found
 
 
-def find_pair(name: str, model_dir: Optional[Path] = None) -> tuple[Path, Path]:
-    """Locate ``NAME_1.tflite`` and ``NAME_2.tflite``.
-
-    With ``model_dir`` only that folder is searched; otherwise the search
-    path of `dtlnd.paths.model_search_path` is, first folder holding model 1
-    wins.
-    """
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ModelError(f"model name {name!r} is not a pair name like dtln_ns_quant")
-    dirs = [Path(model_dir)] if model_dir is not None else paths.model_search_path()
-    for d in dirs:
-        first = d / f"{name}_1.tflite"
-        if first.exists():
-            second = d / f"{name}_2.tflite"
-            if not second.exists():
-                raise ModelError(
-                    f"{second}: missing (model 1 is there): run 'dtlnd models fetch {name}'"
-                )
-            return first, second
+def find_pair(name: str, model_dir: Optional[Path] = None, runtime: str = "auto") -> store.Location:
+    """Where ``runtime`` would load pair ``name`` from: `dtlnd.store.locate`
+    over the forms the runtime loads (TF-Lite before ONNX for ``auto``),
+    in ``model_dir`` alone or along the model search path."""
+    dirs = store.search_dirs(model_dir)
+    formats = formats_for(runtime)
+    where = store.locate(name, dirs, formats)
+    if where is not None and where.complete:
+        return where
+    if where is not None:
+        missing = next(p for p in where.paths if not p.is_file())
+        present = "model 1" if where.paths[0].is_file() else "model 2"
+        raise ModelError(f"{missing}: missing ({present} is there): run 'dtlnd models fetch {name}'")
+    elsewhere = store.locate(name, dirs)
+    if elsewhere is not None and elsewhere.complete:
+        raise ModelError(f"{elsewhere.paths[0]}: pair {name!r} is there in {elsewhere.fmt} form, which runtime "
+                         f"{runtime} cannot load: use runtime auto")
     searched = ", ".join(str(d) for d in dirs)
-    known = available_pairs(model_dir)
+    known = store.pair_names(dirs, formats)
     hint = f"; pairs found: {', '.join(known)}" if known else ""
-    raise ModelError(
-        f"model {name!r} not found in {searched}{hint}: "
-        f"run 'dtlnd models fetch {name}' or set --model-dir"
-    )
+    form = " or ".join(f"{name}_1.{f}" for f in formats)
+    raise remedied(ModelError, f"model {name!r} not found ({form}) in {searched}{hint}: "
+                   f"run 'dtlnd models fetch {name}'", "model_dir")
 
 
-def available_pairs(model_dir: Optional[Path] = None) -> list[str]:
-    """Pair names with both files present, in search-path order."""
-    dirs = [Path(model_dir)] if model_dir is not None else paths.model_search_path()
-    names: list[str] = []
-    for d in dirs:
-        if not d.is_dir():
-            continue
-        for first in sorted(d.glob("*_1.tflite")):
-            name = first.name[: -len("_1.tflite")]
-            if (d / f"{name}_2.tflite").exists() and name not in names:
-                names.append(name)
-    return names
-
-
-@dataclass(frozen=True)
-class _Tensor:
-    name: str
-    index: int
-    shape: tuple[int, ...]
-
-
-def _keras_order(name: str) -> tuple[int, str]:
-    """Sort key: Keras numbers inputs in creation order (``input_3`` < ``input_4``)."""
-    m = re.search(r"(\d+)(?::\d+)?$", name)
-    return (int(m.group(1)) if m else 1 << 30, name)
-
-
-class BoundModel:
+class BoundModel(Model):
     """One interpreter with its tensors bound to roles.
 
     Attributes are flat float32 numpy views on the interpreter's buffers:
@@ -177,7 +164,7 @@ class BoundModel:
     ``state_in``/``state_out``, and ``out`` (mask / time block).
     """
 
-    def __init__(self, path: Path, interpreter_cls: type, threads: int, size: int) -> None:
+    def __init__(self, path: Path, interpreter_cls: Any, threads: int, size: int) -> None:
         self.path = path
         try:
             head = path.read_bytes()[:8]
@@ -201,43 +188,22 @@ class BoundModel:
                 f"{path}: the TF-Lite runtime cannot load it ({first}): the file is damaged or truncated; "
                 "re-fetch it with 'dtlnd models fetch'"
             ) from None
-        ins = [_Tensor(d["name"], int(d["index"]), tuple(int(s) for s in d["shape"]))
+        ins = [Tensor(d["name"], int(d["index"]), tuple(int(s) for s in d["shape"]))
                for d in self.interpreter.get_input_details()]
-        outs = [_Tensor(d["name"], int(d["index"]), tuple(int(s) for s in d["shape"]))
+        outs = [Tensor(d["name"], int(d["index"]), tuple(int(s) for s in d["shape"]))
                 for d in self.interpreter.get_output_details()]
         self._bind(ins, outs, size)
 
-    def _bind(self, ins: list[_Tensor], outs: list[_Tensor], size: int) -> None:
-        where = self.path.name
-        states_in = [t for t in ins if len(t.shape) == 4]
-        states_out = [t for t in outs if len(t.shape) == 4]
-        signals_in = sorted((t for t in ins if t.shape == (1, 1, size)), key=lambda t: _keras_order(t.name))
-        signals_out = [t for t in outs if t.shape == (1, 1, size)]
-        other = [t for t in ins + outs if t not in states_in + states_out + signals_in + signals_out]
-        if other or len(states_in) != 1 or len(states_out) != 1 or len(signals_out) != 1 \
-                or len(signals_in) not in (1, 2):
-            shapes = ", ".join(f"{t.name}{list(t.shape)}" for t in ins)
-            stage = "model 1 (257-bin mask estimator)" if size == BINS else "model 2 (512-sample block stage)"
-            raise ModelError(
-                f"{where}: tensors do not fit a DTLN {stage} (inputs: {shapes}): "
-                "check that _1 and _2 are the right files of one pair"
-            )
-        st_in, st_out = states_in[0], states_out[0]
-        if st_in.shape != st_out.shape or st_in.shape[0] != 1 or st_in.shape[3] != 2:
-            raise ModelError(f"{where}: LSTM state tensors {list(st_in.shape)} / {list(st_out.shape)} "
-                             "are not [1, layers, units, 2]: not a DTLN model")
-        self.state_shape = st_in.shape
-        self.units = st_in.shape[2]
-        self.is_aec = len(signals_in) == 2
-        self._indices = {"signal": signals_in[0].index, "state_in": st_in.index,
-                         "state_out": st_out.index, "out": signals_out[0].index}
-        if self.is_aec:
-            self._indices["far"] = signals_in[1].index
+    def _bind(self, ins: list[Tensor], outs: list[Tensor], size: int) -> None:
+        roles = assign_roles(ins, outs, size, self.path.name)
+        self.state_shape = roles.state_shape
+        self.units = self.state_shape[2]
+        self.is_aec = roles.far is not None
+        self._indices = {role: int(t.key) for role, t in roles.items()}  # type: ignore[call-overload]
+        self.far = None
         for role, index in self._indices.items():
             setattr(self, role, self._view(index))
-        if not self.is_aec:
-            self.far = None
-        self.input_names = [t.name for t in signals_in]
+        self.input_names = [roles.signal.name] + ([roles.far.name] if roles.far is not None else [])
         raw = getattr(self.interpreter, "_interpreter", None)
         self.invoke: Callable[[], Any] = getattr(raw, "Invoke", None) or self._invoke_unsupported
 
@@ -261,10 +227,6 @@ class BoundModel:
     def _invoke_unsupported(self) -> None:
         raise ModelError("this TF-Lite runtime has no raw Invoke: use runtime ai-edge-litert")
 
-    def reset(self) -> None:
-        self.state_in.fill(0.0)
-
-
 class ModelPair:
     """Model 1 (mask estimator, 257 bins) and model 2 (block stage, 512 samples).
 
@@ -276,9 +238,11 @@ class ModelPair:
     def __init__(self, name: str, path1: Path, path2: Path, runtime: str = "auto",
                  threads: int = 1) -> None:
         self.name = name
-        self.runtime, cls = load_runtime(runtime)
-        self.m1 = BoundModel(path1, cls, threads, BINS)
-        self.m2 = BoundModel(path2, cls, threads, BLOCK)
+        fmt = "onnx" if path1.suffix == ".onnx" else "tflite"
+        self.runtime, loader = load_runtime(runtime, fmt)
+        model: Callable[..., Model] = OnnxModel if fmt == "onnx" else BoundModel
+        self.m1 = model(path1, loader, threads, BINS)
+        self.m2 = model(path2, loader, threads, BLOCK)
         if self.m1.is_aec != self.m2.is_aec:
             kinds = lambda m: "echo-cancellation" if m.is_aec else "noise-suppression"  # noqa: E731
             raise ModelError(
@@ -297,8 +261,19 @@ class ModelPair:
 
     @classmethod
     def load(cls, name: str, model_dir: Optional[Path] = None, runtime: str = "auto",
-             threads: int = 1) -> "ModelPair":
-        p1, p2 = find_pair(name, model_dir)
+             threads: int = 1) -> ModelPair:
+        """Find the pair as `find_pair` does and load it.  Under ``auto``, a
+        TF-Lite pair with no TF-Lite runtime importable runs in its ONNX form
+        when that is installed too."""
+        where = find_pair(name, model_dir, runtime)
+        if runtime == "auto" and where.fmt == "tflite":
+            try:
+                load_runtime("auto", "tflite")
+            except ModelError:
+                onnx = store.locate(name, store.search_dirs(model_dir), ("onnx",))
+                if onnx is not None and onnx.complete:
+                    where = onnx
+        p1, p2 = where.paths
         return cls(name, p1, p2, runtime, threads)
 
     def _probe_mask(self) -> bool:

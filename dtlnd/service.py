@@ -1,29 +1,38 @@
 """``dtlnd run``: the service lifecycle around the audio pipeline.
 
-One supervisor loop in the main thread owns the audio device: it opens the
-pipeline, watches that the callbacks keep advancing, reopens it with
-backoff (re-initialising PortAudio for a fresh device list) when a device
-disappears or the stream dies, reloads the configuration on SIGHUP, talks
-to systemd (READY, WATCHDOG, STATUS, STOPPING) and prints ``--measure``
-reports.  Signal handlers only set flags.
+One supervisor loop in the main thread owns the audio device.  It is a
+small state machine (`State`): OPENING (streams started, waiting for both
+callbacks), FLOWING (READY sent, the watchdog fed while both callbacks
+advance), LOST (no streams: reopening with backoff, re-initialising
+PortAudio for a fresh device list), RELOADING (SIGHUP) and STOPPING.  Once a
+second it reports: STATUS= to systemd, the ``--measure`` line, the state
+file `dtlnd status` reads, and a row of the ``--plot`` timeline.  Signal
+handlers and the streams' ``finished_callback`` only set flags.  Garbage
+collection runs from the loop too (`gcpolicy`).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Optional
 
-from . import config, devices, engine, paths
+from . import config, devices, engine, measure, paths
 from .audio import AudioPipeline
 from .config import Settings
-from .errors import ConfigError, DeviceError, DtlndError
-from .measure import BlockStats, Snapshot, summarize
+from .constants import DEFAULT_MODELS
+from .errors import ConfigError, DeviceError, DtlndError, UsageError
+from .gcpolicy import Collector
+from .measure import BlockStats, Snapshot
+from .notify import Notifier
+from .status import ProcessUsage, StateFile
 
 log = logging.getLogger("dtlnd")
 
@@ -32,199 +41,300 @@ STALL = 1.5  # seconds without callbacks before a stream counts as dead
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
-class Notifier:
-    """sd_notify over $NOTIFY_SOCKET; silent when not run by systemd."""
+class State(enum.Enum):
+    OPENING = "opening"
+    FLOWING = "flowing"
+    LOST = "lost"
+    RELOADING = "reloading"
+    STOPPING = "stopping"
+
+
+class Backoff:
+    """When to try opening again: `BACKOFF` steps, the last repeating."""
 
     def __init__(self) -> None:
-        self._n = None
-        if os.environ.get("NOTIFY_SOCKET"):
-            import sdnotify
+        self.attempt = 0
+        self.next_try = 0.0
+        self.since = 0.0
 
-            self._n = sdnotify.SystemdNotifier()
-        usec = os.environ.get("WATCHDOG_USEC")
-        self.watchdog_interval = int(usec) / 2e6 if usec and usec.isdigit() else 1.0
+    def start(self, now: float) -> None:
+        self.attempt, self.since, self.next_try = 0, now, now + BACKOFF[0]
 
-    def __call__(self, message: str) -> None:
-        if self._n is not None:
-            self._n.notify(message)
+    def due(self, now: float) -> bool:
+        return now >= self.next_try
+
+    def failed(self, now: float) -> None:
+        self.attempt += 1
+        self.next_try = now + BACKOFF[min(self.attempt, len(BACKOFF) - 1)]
+
+
+class StallWatch:
+    """Whether both directions (input blocks, output callbacks) keep moving.
+
+    Both must move: a wedged output under a live input is a stall too.  The
+    counts at ``restart`` are the baseline, so "flowing" means callbacks ran
+    after the (re)open, not before it.
+    """
+
+    def __init__(self, stats: BlockStats) -> None:
+        self.stats = stats
+        self.restart(0.0)
+
+    def _counts(self) -> tuple[int, int]:
+        return self.stats.blocks, self.stats.outputs
+
+    def restart(self, now: float) -> None:
+        self.base = self.seen = self.pinged = self._counts()
+        self.moved = [now, now]
+
+    def update(self, now: float) -> None:
+        counts = self._counts()
+        self.moved = [now if c != old else t for c, old, t in zip(counts, self.seen, self.moved)]
+        self.seen = counts
+
+    @property
+    def started(self) -> bool:
+        """Both callbacks ran since ``restart``."""
+        return all(c > b for c, b in zip(self.seen, self.base))
+
+    def stalled(self, now: float) -> Optional[str]:
+        """Why the audio counts as lost, or None; names the side only when the other moved lately."""
+        quiet = [now - t for t in self.moved]
+        if max(quiet) <= STALL:
+            return None
+        side = "" if min(quiet) > STALL / 2 else ("input " if quiet[0] > quiet[1] else "output ")
+        return f"no {side}audio for {STALL:.1f} s"
+
+    def moved_since_ping(self) -> bool:
+        return all(c != p for c, p in zip(self.seen, self.pinged))
 
 
 class Daemon:
     def __init__(self, settings: Settings, config_path: Optional[Path], overrides: Mapping[str, Any],
                  measure: bool = False, duration: Optional[float] = None,
-                 out: Callable[[str], None] = print) -> None:
+                 out: Callable[[str], None] = print, plot: Optional[Path] = None) -> None:
         self.settings = settings
         self.config_path = config_path
         self.overrides = dict(overrides)
         self.measure = measure
         self.duration = duration
         self.out = out
+        self.plot = plot
         self.notify = Notifier()
         self.stats = BlockStats()
         self.pipeline: Optional[AudioPipeline] = None
         self.processor = self._load(settings)
-        self._stop = threading.Event()
+        self.state = State.OPENING
+        self.state_file = StateFile()
+        self.timeline = measure_timeline(duration) if plot is not None else None
+        self._usage = ProcessUsage()
+        self._stop = False
         self._reload = False
-        self._ready = False
-        self._base = (0, 0)  # (input blocks, output callbacks) when the pipeline was opened
-        self.totals = {"missed": 0, "resyncs": 0, "lost": 0}
+        self._wake = threading.Event()  # set by signals and by a stream that finished
+        self._watch = StallWatch(self.stats)
+        self._backoff = Backoff()
+        # Callback errors already logged, and already named in an "audio lost"
+        # line: the main side's own counters (the callbacks own the count).
+        self._errors_reported = self._errors_named = 0
+        self._last_ping = 0.0
+        self.gc = Collector()
+        self._report_from = 0  # the first block of the current report's second
 
     # -- set-up --------------------------------------------------------------
 
     @staticmethod
     def _load(s: Settings) -> engine.HopProcessor:
-        return engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads)
+        from .delayline import wrap  # reference alignment (aec, aec+ns): see dtlnd.align
 
-    def _model_label(self) -> str:
+        return wrap(engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads,
+                                 pipeline=s.pipeline, max_suppression=s.max_suppression),
+                    s.mode, s.ref_delay, s.ref_delay_max, s.ref_lead)
+
+    def model_label(self) -> str:
+        """The processor's own label once the engine gives one; else built from the settings."""
+        label = getattr(self.processor, "label", None)
+        if label:
+            return str(label)
         s = self.settings
-        first = s.model or engine.DEFAULT_MODELS["ns" if s.mode == "ns" else "aec"]
-        return first + (f"+{s.ns_model or engine.DEFAULT_MODELS['ns']}" if s.mode == "aec+ns" else "")
+        first = s.model or DEFAULT_MODELS["ns" if s.mode == "ns" else "aec"]
+        return first + (f"+{s.ns_model or DEFAULT_MODELS['ns']}" if s.mode == "aec+ns" else "")
+
+    def runtime_label(self) -> str:
+        return str(getattr(self.processor, "runtime", None) or self.settings.runtime)
 
     def _signals(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_stop(self, *_: Any) -> None:
+        self._stop = True
+        self._wake.set()
 
     def _on_hup(self, *_: Any) -> None:
         self._reload = True
+        self._wake.set()
+
+    def _on_finished(self) -> None:
+        """A stream ended (PortAudio's finished_callback, in its thread): look at once."""
+        self._wake.set()
 
     # -- the loop --------------------------------------------------------------
 
     def run(self) -> int:
         self._signals()
-        s = self.settings
         # The first open checks the settings against the devices: a device
         # name that does not exist is a configuration error, not an unplug,
         # and its one-line error is all the user sees (so log after it).
-        self._open()
-        log.info("dtlnd starting: mode %s, model %s, runtime %s", s.mode, self._model_label(),
-                 self.processor_runtime())
-        started = time.monotonic()
+        self.gc.start()  # before the streams start: the one full collection must not delay a callback
+        self._open(time.monotonic())
+        log.info("dtlnd starting: mode %s, model %s, runtime %s", self.settings.mode, self.model_label(),
+                 self.runtime_label())
+        started = time.monotonic()  # after the open (seconds, on a loaded machine): --duration is audio time
         next_report = started + 1.0
-        last_ping = 0.0
-        # Per direction (input blocks, output callbacks): the counts last
-        # seen, when each last moved, and the counts at the last WATCHDOG.
-        # Both must move: a wedged output under a live input is a stall too.
-        watched: Optional[AudioPipeline] = None
-        seen, moved, pinged = (-1, -1), [started, started], (-1, -1)
-        report_from = 0
-        lost_at: Optional[float] = None
-        attempt = 0
-        next_try = 0.0
-        while not self._stop.wait(TICK):
+        steps = {State.OPENING: self._opening, State.FLOWING: self._flowing, State.LOST: self._lost}
+        while not self._stop:
+            self._wake.wait(TICK)
+            self._wake.clear()
             now = time.monotonic()
-            if self.duration is not None and now - started >= self.duration:
+            if self._stop or (self.duration is not None and now - started >= self.duration):
                 break
             if self._reload:
                 self._reload = False
-                self._do_reload()
-            p = self.pipeline
-            if p is not None:
-                if p is not watched:  # opened, reopened or reloaded: stall clocks start now
-                    watched, seen, moved = p, (-1, -1), [now, now]
-                counts = (self.stats.blocks, self.stats.outputs)
-                moved = [now if c != old else t for c, old, t in zip(counts, seen, moved)]
-                seen = counts
-                quiet = [now - t for t in moved]
-                if not p.active or max(quiet) > STALL:
-                    # Name the side only when the other one was still moving lately.
-                    side = "" if min(quiet) > STALL / 2 else ("input " if quiet[0] > quiet[1] else "output ")
-                    reason = "the stream stopped" if not p.active else f"no {side}audio for {STALL:.1f} s"
-                    if self.stats.last_error is not None:
-                        reason += f" (callback error: {self.stats.last_error})"
-                        self.stats.last_error = None  # reported; a later loss names its own
-                    log.warning("audio lost: %s; reopening with backoff", reason)
-                    self.totals["lost"] += 1
-                    # Before closing: a close can block on a wedged driver, and
-                    # systemd should show why the watchdog pings stopped.
-                    self.notify(f"STATUS=audio lost ({reason}); retrying")
-                    self._close()
-                    lost_at, attempt, next_try = now, 0, now + BACKOFF[0]
-                    continue
-                if not self._ready and self.stats.blocks > self._base[0] and self.stats.outputs > self._base[1]:
-                    self._ready = True
-                    self.notify("READY=1")
-                    self._log_rt()
-                    log.info("audio flowing: %s", p.describe())
-                flowing = counts[0] != pinged[0] and counts[1] != pinged[1]
-                if self._ready and flowing and now - last_ping >= self.notify.watchdog_interval:
-                    self.notify("WATCHDOG=1")
-                    last_ping, pinged = now, counts
-            else:
-                # Waiting for a device: the loop itself is alive, so keep
-                # systemd's watchdog fed while it retries.
-                if now - last_ping >= self.notify.watchdog_interval:
-                    self.notify("WATCHDOG=1")
-                    last_ping = now
-                if now >= next_try:
-                    if self._reopen() is None:
-                        log.info("audio resumed after %.1f s", now - (lost_at or now))
-                        self._ready = False
-                    else:
-                        attempt += 1
-                        next_try = now + BACKOFF[min(attempt, len(BACKOFF) - 1)]
+                self._do_reload(now)
+            steps[self.state](now)
+            self.gc.tick(now)
             if now >= next_report:
-                next_report += 1.0
-                if next_report <= now:  # the loop was held up (a close that blocked): no catch-up burst
-                    next_report = now + 1.0
-                snap = self.snapshot(now - started, report_from)
-                report_from = self.stats.blocks
-                if snap is not None:
-                    self.notify("STATUS=" + snap.status(self.settings.mode, self._model_label()))
-                    if self.measure:
-                        self.out(snap.line())
-        self.notify("STOPPING=1")
-        log.info("stopping")
-        summary = self.snapshot(time.monotonic() - started, 0)
-        self._close()
-        if self.measure:
-            return self._summary(summary)
-        return 0
+                # A loop held up (a close that blocked) does not catch up in a burst.
+                next_report = max(next_report + 1.0, now + 0.5)
+                self._report(self.snapshot(now - started, self._report_from))
+                self._report_from = self.stats.blocks
+        return self._finish(time.monotonic() - started)
 
-    def processor_runtime(self) -> str:
-        stages = getattr(self.processor, "stages", (self.processor,))
-        return stages[0].pair.runtime  # type: ignore[attr-defined]
+    def _enter(self, state: State) -> None:
+        log.debug("state %s -> %s", self.state.value, state.value)
+        self.state = state
+
+    def _opening(self, now: float) -> None:
+        if self._check_alive(now):
+            return
+        if self._watch.started:
+            self.notify("READY=1")
+            self._enter(State.FLOWING)
+            self._log_rt()
+            log.info("audio flowing: %s", self.pipeline.describe() if self.pipeline else "")
+
+    def _flowing(self, now: float) -> None:
+        if self._check_alive(now):
+            return
+        # Ping only when both directions moved since the last ping.
+        if now - self._last_ping >= self.notify.watchdog_interval and self._watch.moved_since_ping():
+            self.notify("WATCHDOG=1")
+            self._last_ping = now
+            self._watch.pinged = self._watch.seen
+
+    def _lost(self, now: float) -> None:
+        # Waiting for a device: the loop itself is alive, so keep systemd's watchdog fed.
+        if now - self._last_ping >= self.notify.watchdog_interval:
+            self.notify("WATCHDOG=1")
+            self._last_ping = now
+        if self._backoff.due(now):
+            if self._reopen(now) is None:
+                log.info("audio resumed after %.1f s", now - self._backoff.since)
+            else:
+                self._backoff.failed(now)
+
+    def _check_alive(self, now: float) -> bool:
+        """True (and the state LOST) when the open streams died or went silent."""
+        p = self.pipeline
+        self._watch.update(now)
+        self._log_errors()
+        reason = "the stream stopped" if p is None or not p.active else self._watch.stalled(now)
+        if reason is None:
+            return False
+        if self.stats.callback_errors != self._errors_named:  # a new error since the last loss: name it
+            self._errors_named = self.stats.callback_errors
+            reason += f" (callback error: {self.stats.last_error})"
+        log.warning("audio lost: %s; reopening with backoff", reason)
+        self.stats.streams_lost += 1
+        # Before closing: a close can block on a wedged driver, and systemd
+        # should show why the watchdog pings stopped.
+        self.notify(f"STATUS=audio lost ({reason}); retrying")
+        self._close()
+        self._backoff.start(now)
+        self._enter(State.LOST)
+        return True
+
+    def _log_errors(self) -> None:
+        """Log callback errors the callbacks counted since the last time (the main side's own counter)."""
+        count = self.stats.callback_errors
+        if count != self._errors_reported:
+            log.warning("audio callback error (%d so far): %s", count, self.stats.last_error)
+            self._errors_reported = count
 
     def _log_rt(self) -> None:
         p = self.pipeline
-        if p is not None and p.rt_results:
-            msg = p.rt_results[0]
+        results = getattr(p, "rt_results", None)
+        if results:
+            msg = results[0]
             (log.info if msg.startswith("audio threads") or "off" in msg else log.warning)(msg)
+
+    def _finish(self, seconds: float) -> int:
+        ended_in = self.state
+        self._enter(State.STOPPING)
+        self.notify("STOPPING=1")
+        log.info("stopping")
+        summary = self.snapshot(seconds, 0)
+        if self.timeline is not None:  # the last part-second too
+            self.timeline.add(self.snapshot(seconds, self._report_from))
+        self._close()
+        self.state_file.remove()
+        self.gc.stop()
+        if self.timeline is not None and self.plot is not None:
+            from . import plot
+
+            plot.write(self.plot, self.timeline, f"{self.settings.mode} {self.model_label()}")
+        if self.measure:
+            # Audio that stopped (or never started) in the run's last seconds: too short for a stall.
+            more = [] if ended_in is State.FLOWING else [f"audio not flowing at the end ({ended_in.value})"]
+            align_text, align = self._alignment()
+            notes = [f"alignment: {align_text}; estimator {align.get('cpu_per_s', 0.0):.4f} CPU s per audio s"
+                     ] if align_text else []
+            for line in summary.summary(self.settings.mode, self.model_label(), more, notes):
+                self.out(line)
+            return 1 if summary.causes(more) else 0
+        return 0
 
     # -- opening and closing -----------------------------------------------------
 
-    def _open(self) -> None:
-        """Open and start a pipeline; it counts as flowing once both callbacks ran *after* this.
-
-        The counters run on across reopens and reloads, so "flowing" is
-        measured from their values here, not from zero.
-        """
-        self.pipeline = AudioPipeline(self.settings, self.processor, self.stats)
-        self._base = (self.stats.blocks, self.stats.outputs)
+    def _open(self, now: float) -> None:
+        """Open and start a pipeline; it counts as flowing once both callbacks ran *after* this."""
+        self.pipeline = AudioPipeline(self.settings, self.processor, self.stats, on_finished=self._on_finished)
+        self._watch.restart(now)
+        self._enter(State.OPENING)
         self.pipeline.start()
 
-    def _reopen(self) -> Optional[Exception]:
+    def _reopen(self, now: float) -> Optional[Exception]:
         """Open for the current settings with a fresh device list (PortAudio lists once per init).
 
         Returns why the devices did not open, with nothing left open, or None.
         """
         try:
             devices.reinitialize()
-            self._open()
+            self._open(now)
         except Exception as exc:  # DtlndError, or PortAudio's own while a device is gone
             log.debug("reopen failed: %s", exc)
             self._close()
+            self._enter(State.LOST)
             return exc
         return None
 
     def _close(self) -> None:
         p, self.pipeline = self.pipeline, None
         if p is not None:
-            self.totals["missed"] += p.bridge.missed
-            self.totals["resyncs"] += p.bridge.resyncs
             p.close()
 
-    def _do_reload(self) -> None:
+    def _do_reload(self, now: float) -> None:
         if self.config_path is None:
             log.warning("SIGHUP: no config file to reload (started without one)")
             return
@@ -235,62 +345,86 @@ class Daemon:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
         log.info("reloading: mode %s, model %s", new.mode, new.model or "default")
+        self._enter(State.RELOADING)
         self.notify("RELOADING=1")
         old = (self.settings, self.processor)
         self._close()
         self.settings, self.processor = new, processor
-        self._ready = False
         # Neither failure may end the daemon: a reload can come while a
         # device is unplugged, and then the old settings do not open either;
-        # the supervisor's retry loop takes over from a closed pipeline.
-        error = self._reopen()
+        # the LOST state's retries take over from a closed pipeline.
+        error = self._reopen(now)
         if error is not None:
             log.error("reload failed, back to the running configuration: %s", error)
             self.settings, self.processor = old
-            error = self._reopen()
+            processor.close()  # a pipelined processor's worker thread ends here, not in a gc pass
+            error = self._reopen(now)
             if error is not None:
                 log.warning("the running configuration does not open either (%s); retrying", error)
+                self._backoff.start(now)
             return
+        old[1].close()
         log.info("reloaded: %s", self.pipeline.describe() if self.pipeline else "")
 
     # -- reporting -----------------------------------------------------------
 
-    def snapshot(self, seconds: float, since: int) -> Optional[Snapshot]:
+    def snapshot(self, seconds: float, since: int) -> Snapshot:
         p = self.pipeline
-        if p is None:
-            return None
-        mean, p99, mx = summarize(self.stats.times_since(since))
-        st = self.stats
-        return Snapshot(seconds, st.blocks, mean, p99, mx, st.input_overflows, st.output_underflows,
-                        p.bridge.missed + self.totals["missed"], p.bridge.resyncs + self.totals["resyncs"],
-                        st.late, p.latency())
+        return measure.take(self.stats, seconds, since, p.latency() if p is not None else None,
+                            int(getattr(self.processor, "nonfinite", 0)), int(getattr(self.processor, "resets", 0)))
 
-    def _summary(self, snap: Optional[Snapshot]) -> int:
-        if snap is None:
-            self.out("dtlnd measure: no audio was processed")
-            return 1
-        # Seconds without audio are no better than an xrun: they fail the run too.
-        ok = snap.xruns == 0 and snap.missed == 0 and self.totals["lost"] == 0
-        self.out(f"summary: {snap.seconds:.1f} s, {snap.blocks} blocks, mode {self.settings.mode}, "
-                 f"model {self._model_label()}")
-        self.out(f"  engine per block: mean {snap.mean_ms:.3f} ms, p99 {snap.p99_ms:.3f} ms, max {snap.max_ms:.3f} ms"
-                 f" ({100 * snap.budget_share:.1f}% of the 8 ms budget; {snap.late} blocks over it)")
-        self.out(f"  xruns: input overflow {snap.input_overflows}, output underflow {snap.output_underflows}; "
-                 f"deadline misses {snap.missed}; buffer re-centred {snap.resyncs} times; "
-                 f"audio lost {self.totals['lost']} times")
-        self.out(f"  latency: {snap.latency}")
-        self.out(f"  result: {'OK' if ok else 'FAIL: xruns, deadline misses or lost audio'}")
-        return 0 if ok else 1
+    def _alignment(self) -> tuple[str, dict[str, Any]]:
+        """The reference alignment's own words and figures (aec modes), or ``("", {})``."""
+        a = getattr(self.processor, "alignment", None)
+        if a is None:
+            return "", {}
+        figures = {k: getattr(a, k, None) for k in ("state", "lag_ms", "applied_ms", "mic_delay_ms", "confidence",
+                                                     "cpu_per_s")}
+        text = a.describe() if callable(getattr(a, "describe", None)) else str(a)
+        return text, {"describe": text, **{k: v for k, v in figures.items() if v is not None}}
+
+    def _report(self, snap: Snapshot) -> None:
+        align_text, align = self._alignment()
+        extra = f" | {align_text}" if align_text else ""
+        if self.pipeline is not None:
+            self.notify("STATUS=" + snap.status(self.settings.mode, self.model_label()) + extra)
+        if self.measure:
+            self.out(snap.line() + extra)
+        if self.timeline is not None:
+            delay = align.get("applied_ms")
+            self.timeline.add(snap, float(delay) if isinstance(delay, (int, float)) else None)
+        state = {"pid": os.getpid(), "updated": time.time(), "uptime_s": round(snap.seconds, 1),
+                 "state": self.state.value, "mode": self.settings.mode, "model": self.model_label(),
+                 "runtime": self.runtime_label(), "devices": self.pipeline.describe() if self.pipeline else None,
+                 **snap.as_dict(), "extra": {"alignment": align} if align else {},
+                 "cpu_percent": round(self._usage.cpu_percent(), 1), "rss_kib": self._usage.rss_kib(),
+                 "gc_max_ms": round(self.gc.max_ms, 3)}
+        why = self.state_file.write(state)
+        if why is not None:
+            log.warning("%s", why)
 
 
-def run(config_path: Optional[Path], overrides: Mapping[str, Any], measure: bool, duration: Optional[float]) -> int:
+def measure_timeline(duration: Optional[float]) -> measure.Timeline:
+    """Room for the whole run when its length is known (plus slack), else its last hour."""
+    return measure.Timeline(int(duration) + 5 if duration is not None else 3600)
+
+
+def run(config_path: Optional[Path], overrides: Mapping[str, Any], measure: bool, duration: Optional[float],
+        plot: Optional[Path] = None) -> int:
     settings = config.load(config_path, overrides)
     logging.getLogger().setLevel(settings.log_level.upper())
     if duration is not None and duration <= 0:
         raise ConfigError(f"--duration {duration}: must be more than 0 seconds")
+    if plot is not None:
+        if not measure:
+            raise UsageError("--plot needs --measure (it draws the figures --measure collects)")
+        from . import plot as plotting
+
+        plotting.check(plot)  # before the run: a missing extra or an unwritable path fails now
     if config_path is None and paths.CONFIG_FILE.exists():
         config_path = paths.CONFIG_FILE  # what SIGHUP reloads
-    daemon = Daemon(settings, config_path, overrides, measure, duration, out=lambda line: print(line, flush=True))
+    daemon = Daemon(settings, config_path, overrides, measure, duration, out=lambda line: print(line, flush=True),
+                    plot=plot)
     try:
         return daemon.run()
     except DeviceError:

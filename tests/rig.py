@@ -25,8 +25,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -67,14 +68,16 @@ def require_rig(shared: Path) -> Path:
 class Rig:
     """One jackd + buses under a unique server name, with its run folder in ``root``."""
 
-    def __init__(self, folder: Path, root: Path, label: str = "t") -> None:
+    def __init__(self, folder: Path, root: Path, label: str = "t", rate: int = RATE, period: int = 128) -> None:
         self.folder = folder
+        self.rate = rate
         self.server = f"dtlnd_{label}_{uuid.uuid4().hex[:8]}"
         self.run_dir = root / "rig"
         self.alsa_conf = root / "asoundrc.test"
         # The rig's PCMs plus the probe; asoundrc.rig itself pulls in alsa.conf.
         self.alsa_conf.write_text(f"<{folder / 'asoundrc.rig'}>\n{PROBE_PCM}")
-        base = dict(os.environ, RIG_JACK_SERVER=self.server, RIG_RUN_DIR=str(self.run_dir))
+        base = dict(os.environ, RIG_JACK_SERVER=self.server, RIG_RUN_DIR=str(self.run_dir), RIG_RATE=str(rate),
+                    RIG_PERIOD=str(period))
         self._script_env = base
         out = subprocess.run([str(folder / "rig.sh"), "env"], env=base, check=True, capture_output=True,
                              text=True).stdout
@@ -210,7 +213,7 @@ class Recorder:
     def __init__(self, rig: Rig, path: Path, pcm: str = "rig_loop_rec", channels: int = 1) -> None:
         self.path, self.channels = path, channels
         self.started = time.monotonic()
-        self.p = subprocess.Popen(["arecord", "-q", "-D", pcm, "-f", "FLOAT_LE", "-r", str(RATE), "-c",
+        self.p = subprocess.Popen(["arecord", "-q", "-D", pcm, "-f", "FLOAT_LE", "-r", str(rig.rate), "-c",
                                    str(channels), "-t", "raw", str(path)], env=rig.env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         _started.append(self.p)
@@ -333,3 +336,22 @@ def sound_runs(x: np.ndarray, block: int = 128) -> list[tuple[int, int]]:
     if start is not None:
         runs.append((start * block, n * block))
     return runs
+
+
+# -- helpers for the fault and format tests ------------------------------------------------------
+
+
+def exact_at(y: np.ndarray, ref: np.ndarray, lo: int, hi: int) -> tuple[int, bool]:
+    """The lag of ``y[lo:hi]`` in ``ref`` (``y[n] == ref[n - lag]``) and whether the stretch matches exactly."""
+    seg = y[lo:hi]
+    d = lag(y[max(0, lo - RATE):hi + RATE], ref) + max(0, lo - RATE)
+    if lo - d < 0 or hi - d > len(ref):
+        return d, False
+    return d, bool(np.array_equal(seg, ref[lo - d:hi - d]))
+
+
+def summary_field(stdout: str, pattern: str) -> tuple[int, ...]:
+    """The integers of the first summary line matching ``pattern`` (groups), or an assertion error."""
+    m = re.search(pattern, stdout, re.MULTILINE)
+    assert m, f"no {pattern!r} in the summary:\n{stdout}"
+    return tuple(int(g) for g in m.groups())

@@ -182,7 +182,8 @@ def test_aec_with_a_reference_file_truncates_to_the_shorter_and_says_so(aec_runs
     assert len(read(audio_dir / MIC)) != n  # the shared pair really differs in length
     assert sf.info(str(outputs["ref"])).frames == n
     assert f"processing the first {n}" in runs["ref"].stderr
-    assert runs["two"].stderr == ""  # equal lengths: nothing to say
+    # equal lengths: nothing to say but the reference alignment it applied
+    assert [x for x in runs["two"].stderr.splitlines() if "reference alignment" not in x] == []
 
 
 def test_aec_reference_in_a_channel_equals_reference_file(aec_runs):
@@ -243,7 +244,7 @@ def test_bench_json(audio_dir):
     runtimes = installed_runtimes()
     results = report["results"]
     assert sorted((x["model"], x["runtime"]) for x in results) == sorted(
-        (m, rt) for m in ("dtln_ns_quant", "dtln_aec_128_quant") for rt in runtimes)
+        (m, rt) for m in ("dtln_ns_quant", "dtln_aec_128_quant") for rt in runtimes if rt != "onnxruntime")
     assert report["errors"] == []
     for x in results:
         assert x["kind"] == ("ns" if "_ns_" in x["model"] else "aec")
@@ -260,6 +261,6 @@ def test_bench_table(audio_dir):
     assert len(header) == 1
     rows = [line.split() for line in lines[header[0] + 1:]]
     assert sorted((row[0], row[1]) for row in rows) == sorted(
-        (m, rt) for m in ("dtln_ns_quant", "dtln_aec_128_quant") for rt in installed_runtimes())
+        (m, rt) for m in ("dtln_ns_quant", "dtln_aec_128_quant") for rt in installed_runtimes() if rt != "onnxruntime")
     for row in rows:
         assert len(row) == 10 and row[-1].endswith("%")

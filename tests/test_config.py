@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ def test_file_values_and_overrides(tmp_path):
     assert s.mode == "aec" and s.input.device == "hw:CARD=ArrayUAC10,DEV=0"
     assert s.input_channels == 6 and s.ref_channel == 5 and s.input.channel == 1
     assert s.latency == 0.016 and s.output.format == "FLOAT_LE" and s.threads == 2
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.mode = "ns"  # frozen
 
 
@@ -73,3 +74,31 @@ def test_config_check_prints_the_effective_settings(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dtlnd", "config", "check", str(f)], capture_output=True, text=True)
     assert r.returncode == 78
     assert r.stderr.strip().count("\n") == 0 and "did you mean 'mode'" in r.stderr
+
+
+def test_every_error_is_reported_at_once_one_per_line(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_text(tmp_path, "mode: nc\nthreads: 0\noutput:\n  format: S24_LE\nbufer_blocks: 3\n")
+    lines = str(err.value).splitlines()
+    assert len(lines) == 4, lines
+    for words, line in zip(["mode", "threads", "output.format", "did you mean 'buffer_blocks'"], lines):
+        assert words in line
+    f = tmp_path / "dtlnd.yaml"
+    r = subprocess.run([sys.executable, "-m", "dtlnd", "config", "check", str(f)], capture_output=True, text=True)
+    assert r.returncode == 78
+    assert len(r.stderr.strip().splitlines()) == 4
+    assert all(line.startswith("dtlnd: error: ") for line in r.stderr.strip().splitlines())
+
+
+@pytest.mark.parametrize("text", ["input:\n", "input: null\n", "input:\n  # device: hw:1,0\n", ""])
+def test_an_empty_section_plus_an_override_works(tmp_path, text):
+    s = load_text(tmp_path, text + "mode: ns\n", **{"input.device": "rig_mic_in", "input.rate": 48000})
+    assert s.input.device == "rig_mic_in" and s.input.rate == 48000 and s.input.channel == 0
+
+
+def test_ranges_and_choices_come_from_the_schema():
+    by_name = {k.name: k for k in config.schema()}
+    assert by_name["threads"].range == (1, 64) and by_name["mode"].choices == ("ns", "aec", "aec+ns")
+    assert all(k.doc for k in by_name.values()), [k.name for k in by_name.values() if not k.doc]
+    flags = [k.flag for k in by_name.values() if k.flag]
+    assert len(flags) == len(set(flags))

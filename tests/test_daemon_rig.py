@@ -256,7 +256,8 @@ def notify_socket():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-STATUS_RE = re.compile(r"^STATUS=ns (\S+): [\d.]+ ms/block, xruns \d+, misses \d+, latency \d+ ms$")
+STATUS_RE = re.compile(r"^STATUS=ns (\S+): [\d.]+ ms/block, xruns \d+, misses \d+, gaps \d+, errors \d+, "
+                       r"resets \d+, latency \d+ ms$")
 
 
 def test_systemd_notify_and_watchdog(rig, speech_raw, notify_socket):

@@ -42,3 +42,26 @@ def test_without_proc_asound_the_listed_card_name_is_used():
     # No /proc/asound (a container): the name before ':' stands in for the id.
     assert match_hw("hw:Loopback,1", LISTED, {}).index == 3
     assert match_hw("hw:ArrayUAC10,0", LISTED, {}) is None
+
+
+def test_open_errors_are_one_line_and_name_a_busy_device():
+    """PortAudio's own errors, as sounddevice raises them, become one DeviceError line (exit 69)."""
+    import sounddevice as sd
+
+    from dtlnd.devices import open_error
+
+    dev = LISTED[1]
+    busy = open_error("input", dev, sd.PortAudioError("Error opening InputStream: Device unavailable", -9985))
+    assert busy.exit_status == 69
+    assert str(busy) == ("input device 'ReSpeaker 4 Mic Array (UAC1.0): USB Audio (hw:1,0)': Device or resource "
+                         "busy: stop the program holding it, or use the dsnoop/pipewire PCM (for the output: "
+                         "dmix/pipewire)")
+    host = open_error("output", LISTED[2], sd.PortAudioError(
+        "Error opening OutputStream: Unanticipated host error", -9999, (0, -16, "Device or resource busy")))
+    assert "Device or resource busy: stop the program holding it" in str(host)
+    other = open_error("output", LISTED[2], sd.PortAudioError(
+        "Error opening OutputStream: Invalid sample rate", -9997))
+    assert str(other) == ("output device 'Loopback: PCM (hw:2,0)' could not be opened: Error opening OutputStream: "
+                          "Invalid sample rate: check output.device, output.rate and output.channels against "
+                          "'dtlnd devices'")
+    assert "\n" not in str(busy) + str(host) + str(other)

@@ -78,3 +78,52 @@ def test_reinstall_keeps_an_edited_config_and_uninstall_leaves_it(staged, models
 def test_install_refuses_unknown_options(tmp_path):
     r = subprocess.run([str(REPO / "install.sh"), "--frobnicate"], capture_output=True, text=True)
     assert r.returncode != 0 and r.stderr.strip().count("\n") == 0 and "--frobnicate" in r.stderr
+
+
+def _platform(fake: str, *args: str, root: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DTLND_FAKE_PLATFORM=fake)
+    extra = ["--root", str(root)] if root is not None else []
+    return subprocess.run([str(REPO / "install.sh"), *extra, *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_32bit_trixie_stops_at_the_start_in_one_line(tmp_path):
+    """No TF-Lite runtime exists for armv7l with Python 3.13: say so before touching anything."""
+    root = tmp_path / "root"
+    r = _platform("trixie armhf 3.13", "--models-from", str(tmp_path), root=root)
+    assert r.returncode == 69, r.stdout + r.stderr
+    assert r.stderr.count("\n") == 1 and "no TF-Lite runtime" in r.stderr and "64-bit" in r.stderr, r.stderr
+    assert r.stdout == ""
+    assert not any(root.rglob("*")), "install.sh wrote files before giving up"
+    r = _platform("trixie armhf 3.13", "--check-platform")
+    assert r.returncode == 69 and "not supported" in r.stderr
+
+
+@pytest.mark.parametrize(("fake", "runtime", "absent"), [
+    ("bookworm armhf 3.11", "tflite-runtime==2.14.0", "ai-edge-litert"),
+    ("bullseye armhf 3.9", "tflite-runtime==2.14.0", "ai-edge-litert"),
+    ("bookworm arm64 3.11", "ai-edge-litert", "tflite-runtime"),
+    ("trixie arm64 3.13", "ai-edge-litert", "tflite-runtime"),
+])
+def test_platform_plan(fake, runtime, absent):
+    """Each Pi OS gets its runtime; 32-bit the numpy 1 pin and piwheels, whatever uname -m says."""
+    r = _platform(fake, "--check-platform")
+    assert r.returncode == 0, r.stderr
+    print(r.stdout)
+    packages = r.stdout.split("Python packages: ")[1].split()
+    assert any(p.startswith(runtime) for p in packages) and not any(p.startswith(absent) for p in packages)
+    if "armhf" in fake:
+        assert "numpy<2" in packages and "piwheels" in r.stdout
+    else:
+        assert "numpy>=2.0" in packages and "PyPI" in r.stdout
+
+
+def test_this_machine_is_supported():
+    r = subprocess.run([str(REPO / "install.sh"), "--check-platform"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "supported" in r.stdout, r.stdout + r.stderr
+
+
+def test_unknown_architecture_is_refused(tmp_path):
+    r = _platform("bookworm riscv64 3.11", root=tmp_path / "root")
+    assert r.returncode == 69 and r.stderr.count("\n") == 1 and "riscv64" in r.stderr
+    assert not (tmp_path / "root").exists() or not any((tmp_path / "root").rglob("*"))

@@ -31,7 +31,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM_UNIT = REPO / "systemd" / "dtlnd.service"
 USER_UNIT = REPO / "systemd" / "dtlnd-user.service"
-MAX_EXPOSURE = 2.0
+MAX_EXPOSURE = 1.0
 HOST_UNIT_DIRS = (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
 
 
@@ -148,6 +148,8 @@ def test_units_keep_the_daemon_contract():
         assert d["Type"] == ["notify"] and d["NotifyAccess"] == ["main"], unit.name
         assert d["WatchdogSec"] == ["10"] and d["Restart"] == ["on-failure"], unit.name
         assert d["RestartPreventExitStatus"] == ["64 65 78"], unit.name
+        # `dtlnd status` reads the state file from $RUNTIME_DIRECTORY (dtlnd.status.runtime_dirs).
+        assert d["RuntimeDirectory"] == ["dtlnd"], unit.name
         # sounddevice's cffi callback needs W+X memory; the audio thread SCHED_FIFO.
         assert d.get("MemoryDenyWriteExecute", ["no"])[-1] == "no", unit.name
         assert d.get("RestrictRealtime", ["no"])[-1] == "no", unit.name
