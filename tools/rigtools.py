@@ -287,20 +287,22 @@ def _delay(out: np.ndarray, mic: np.ndarray) -> tuple[int, float]:
 
 # -- the programs ---------------------------------------------------------------------------
 
-# Counters in dtlnd's `--measure` lines and summary; a name missing from today's format is left out.
+# Counters in dtlnd's `--measure` lines and summary, in the formats of both the line ("| misses 3 |") and the
+# summary ("deadline misses 3"), old and new; a name missing from the output is left out.
 COUNTERS = {
     "xruns_in": r"xruns in (\d+)",
     "xruns_out": r"xruns in \d+ out (\d+)",
     "input_overflow": r"input overflow (\d+)",
     "output_underflow": r"output underflow (\d+)",
-    "misses": r"deadline misses (\d+)",
-    "gaps": r"\bgaps? (\d+)",
-    "lost_ms": r"lost (\d+(?:\.\d+)?) ms",
-    "resets": r"\bresets? (\d+)",
-    "callback_errors": r"callback errors? (\d+)",
-    "late": r"\blate(?: blocks)? (\d+)",
+    "misses": r"\bmisses (\d+)",
+    "gaps": r"\bgaps (\d+)|(\d+) gaps\b",
+    "lost_ms": r"gaps \d+ \((\d+(?:\.\d+)?) ms\)|gaps, (\d+(?:\.\d+)?) ms",
+    "resets": r"\bresets (\d+)|state resets (\d+)",
+    "callback_errors": r"callback errors (\d+)|\| errors (\d+)",
+    "late": r"\| late (\d+)|(\d+) blocks over it",
     "recentred": r"re-?centred (\d+)",
-    "audio_lost": r"audio lost (\d+)",
+    "nonfinite": r"non-finite (?:input samples )?(\d+)",
+    "audio_lost": r"audio (?:stream )?lost (\d+)|\| lost (\d+)",
 }
 LATENCY = re.compile(r"latency:? ([\d.]+) ms")
 MEASURE_LINE = re.compile(r"^\[\s*([\d.]+) s\]")
@@ -312,7 +314,7 @@ def parse_counters(text: str) -> dict[str, float]:
     for name, rx in COUNTERS.items():
         m = re.search(rx, text)
         if m:
-            out[name] = float(m.group(1))
+            out[name] = float(next(g for g in m.groups() if g is not None))
     m = LATENCY.search(text)
     if m:
         out["latency_ms"] = float(m.group(1))

@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 import rigtools as rt
 
-GLITCH_KEYS = ("input_overflow", "output_underflow", "misses", "gaps", "audio_lost")
+GLITCH_KEYS = ("input_overflow", "output_underflow", "misses", "gaps", "audio_lost", "callback_errors")
 WARMUP_S = 60.0  # RSS samples before this are start-up, not a trend
 
 
