@@ -304,6 +304,8 @@ COUNTERS = {
     "nonfinite": r"non-finite (?:input samples )?(\d+)",
     "audio_lost": r"audio (?:stream )?lost (\d+)|\| lost (\d+)",
 }
+# The counters that are glitches: audio that went missing or wrong.
+GLITCH_KEYS = ("input_overflow", "output_underflow", "misses", "gaps", "audio_lost", "callback_errors")
 LATENCY = re.compile(r"latency:? ([\d.]+) ms")
 MEASURE_LINE = re.compile(r"^\[\s*([\d.]+) s\]")
 

@@ -36,7 +36,6 @@ from typing import Optional
 import numpy as np
 import rigtools as rt
 
-GLITCH_KEYS = ("input_overflow", "output_underflow", "misses", "gaps", "audio_lost", "callback_errors")
 WARMUP_S = 60.0  # RSS samples before this are start-up, not a trend
 
 
@@ -98,7 +97,7 @@ class ModeRun:
         slope = float(np.polyfit(t_h, rss, 1)[0]) if len(late) >= 3 else float("nan")
         cpu = [s["cpu_s_per_s"] for s in self.samples[1:]] or [float("nan")]
         pf = probe.summary()
-        daemon_glitches = int(sum(summary.get(k, 0) for k in GLITCH_KEYS))
+        daemon_glitches = int(sum(summary.get(k, 0) for k in rt.GLITCH_KEYS))
         glitches = daemon_glitches + pf["dropouts"] + pf["delay_steps"]
         return {"mode": self.mode, "exit": rc, "minutes": round((time.monotonic() - self.t0) / 60, 1),
                 "rss_slope_mb_per_h": round(slope, 3), "rss_mb_first": float(rss[0]) if len(rss) else None,

@@ -177,15 +177,9 @@ class Pair:
         for p in (self.mic_path, self.out_path):
             p.unlink()
         g = rep["daemon_summary"]
-        rep["glitches"] = int(sum(g.get(k, 0) for k in soak_keys()))
+        rep["glitches"] = int(sum(g.get(k, 0) for k in rt.GLITCH_KEYS))
         rep["bounded"] = bool(rep["residual_range_ms"] <= BOUND_MS and rep["daemon_latency_range_ms"] <= BOUND_MS)
         return rep
-
-
-def soak_keys() -> tuple[str, ...]:
-    """The daemon's counters that are glitches: the soak's list."""
-    from soak import GLITCH_KEYS
-    return GLITCH_KEYS
 
 
 def daemon_figures(stdout: str) -> dict:
