@@ -148,6 +148,17 @@ def run_one(kind: str, cfg: dict, rig: rt.Rig, ctx: argparse.Namespace) -> dict:
     return row
 
 
+def wait_clients_gone(rig: rt.Rig, timeout: float = 10.0) -> None:
+    """Until the last program's JACK clients are gone: the next one registers the same client names."""
+    names = ("rig_mic_in:", "rig_aec_in:", "rig_loop_play:")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ports = subprocess.run(["jack_lsp"], env=rig.env, capture_output=True, text=True).stdout.split()
+        if not any(p.startswith(names) for p in ports):
+            return
+        time.sleep(0.2)
+
+
 def medians(rows: list[dict]) -> dict:
     # A run whose probe found no window to correlate has no delay (nan): the median is over the others.
     out = {m: float(np.nanmedian([r[m] for r in rows])) if any(np.isfinite(r[m]) for r in rows) else float("nan")
@@ -226,6 +237,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             cfg = dict(CONFIGS[c], extra=extra[c], peer_extra=peer_extra[c])
             for i in range(a.runs):
                 for kind in ("peer", "dtlnd"):
+                    wait_clients_gone(rig)
                     r = run_one(kind, cfg, rig, a)
                     r.update(config=c, run=i + 1)
                     rows.append(r)
