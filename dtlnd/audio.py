@@ -47,8 +47,9 @@ from . import devices, resample
 from .bridge import ClockBridge
 from .config import Settings
 from .constants import FORMATS, RATE, SHIFT
-from .engine import BlockStream, HopProcessor
+from .engine import BlockStream
 from .errors import DeviceError
+from .hop import HopProcessor
 from .measure import BlockStats, Latency
 
 log = logging.getLogger("dtlnd")
