@@ -29,15 +29,12 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from rig import RATE, Recorder, Rig, daemon, kill_leftovers, lag, play, rig_dir
+from rigtools import cpu_seconds
 
 MODES = {"shared": ("--input", "rig_duplex", "--output", "rig_duplex", "--clock", "shared"),
          "separate": ("--input", "rig_aec_in", "--output", "rig_loop_play", "--clock", "separate")}
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def one_run(rig: Rig, clock: str, mode: str, model: str, src: Path, seconds: float, tmp: Path,
@@ -48,9 +45,9 @@ def one_run(rig: Rig, clock: str, mode: str, model: str, src: Path, seconds: flo
     rec = Recorder(rig, tmp / f"{clock}{k}.raw", pcm="probe_mic_loop", channels=2)
     player = play(rig, src)
     time.sleep(1.0)
-    c0, t0 = cpu_seconds(d.pid), time.monotonic()
+    c0, t0 = cpu_seconds([d.pid]), time.monotonic()
     time.sleep(seconds)
-    c1, t1 = cpu_seconds(d.pid), time.monotonic()
+    c1, t1 = cpu_seconds([d.pid]), time.monotonic()
     player.send_signal(signal.SIGINT)
     player.wait(10)
     x = rec.stop()
