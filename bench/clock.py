@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -38,7 +39,7 @@ MODES = {"shared": ("--input", "rig_duplex", "--output", "rig_duplex", "--clock"
 
 
 def one_run(rig: Rig, clock: str, mode: str, model: str, src: Path, seconds: float, tmp: Path,
-            k: int) -> dict[str, float]:
+            k: int) -> dict[str, Any]:
     d = daemon(rig, *MODES[clock], "--input-channels", "2", "--mode", mode, "--model", model,
                "--output-format", "FLOAT_LE", "--measure", env=dict(rig.env))
     d.wait_for("audio flowing", timeout=60)
@@ -64,7 +65,8 @@ def one_run(rig: Rig, clock: str, mode: str, model: str, src: Path, seconds: flo
     g = re.search(r"lost audio: (\d+) gaps", d.stdout)
     flagged = (sum(map(int, m.groups())) if m else -1) + (int(g.group(1)) if g else 0)
     return {"cpu": (c1 - c0) / (t1 - t0), "delay": delay, "glitches": flagged + zero_blocks,
-            "flagged": flagged, "zero_blocks": zero_blocks}
+            "flagged": flagged, "zero_blocks": zero_blocks, "summary": "; ".join(
+                ln.strip() for ln in d.stdout.splitlines() if ln.startswith(("  xruns:", "  lost audio:")))}
 
 
 def main() -> int:
@@ -84,7 +86,7 @@ def main() -> int:
     sf.write(src, np.stack([speech, speech * 0.5], axis=1), RATE, subtype="FLOAT")
     rig = Rig(rig_dir(a.shared), tmp, "clk")
     rig.start()
-    results: dict[str, list[dict[str, float]]] = {c: [] for c in MODES}
+    results: dict[str, list[dict[str, Any]]] = {c: [] for c in MODES}
     try:
         for k in range(a.runs):
             for clock in MODES:  # A B A B ...
