@@ -1,13 +1,20 @@
-"""A real CPU starvation of the daemon on the rig: ``--measure`` counts late blocks and fails the run.
+"""Real CPU starvation of the daemon on the rig: every ``--measure`` counter it drives is counted and named.
 
-Every thread of the daemon is pinned to CPU 0, and a hog pinned there too
-runs SCHED_FIFO above the audio threads' priority (``rt_priority``, 20 by
-default) in 20 ms bursts every 50 ms for 2 s.  A burst that lands while a
-block is being processed stretches that block past the 8 ms budget: about
-40 bursts make at least one such block all but certain.  jackd runs on the
-other CPU, keeping time, so the starved daemon may also overflow its input,
-miss output deadlines or re-centre its buffer; whatever it counts, it must
-name in the summary.  Needs root (or CAP_SYS_NICE) for the hog's priority.
+A hog pinned to CPU 0 runs SCHED_FIFO above the audio threads' priority;
+jackd and everything not starved run on the other CPU and keep time.
+
+* The whole daemon on CPU 0, hogged in 20 ms bursts 2 ms apart for 1.5 s
+  (aec+ns, the slowest chain): a burst that lands while a block is being
+  processed stretches it past the 8 ms budget, so late blocks are counted.
+* Only the input callback's thread (the writer) stalled 3 x 0.3 s: input
+  overflows, deadline misses (the reader finds samples missing) and lost
+  audio.  Only the output callback's thread (the reader): output underflows
+  and whole blocks dropped; stalled over a second (past the bridge's ring):
+  a re-centring.
+
+Whatever the daemon counts must be on the result line with its count, and
+the run exits 1.  Needs root or CAP_SYS_NICE for the hog's priority, and
+two CPUs.
 """
 
 from __future__ import annotations
