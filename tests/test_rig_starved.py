@@ -82,14 +82,17 @@ SUMMARY = (r"; (?P<late>\d+) blocks over it\)$",
            r"dropped (?P<dropped>\d+), inserted (?P<inserted>\d+) blocks", r"lost audio: (?P<gaps>\d+) gaps")
 # A count in the summary, and the words the result line must then contain.
 NAMED = {"late": "late blocks {}", "overflow": "xruns (input overflow {}", "underflow": "output underflow {})",
-         "misses": "deadline misses {}", "resyncs": "buffer re-centred {} times", "gaps": "in {} gaps)"}
+         "misses": "deadline misses {}", "resyncs": "buffer re-centred {} times", "gaps": "in {} gaps)",
+         "dropped": "(dropped {},", "inserted": "inserted {} blocks)"}
 
 
 def summary_counts(stdout: str) -> dict[str, int]:
     """The summary's counters by name (dropped/inserted: 0 when the summary names none)."""
     counts = {"dropped": 0, "inserted": 0}
+    assert "\nsummary: " in stdout, stdout
+    summary = stdout[stdout.rindex("\nsummary: "):]  # not the per-second lines before it
     for rx in SUMMARY:
-        m = re.search(rx, stdout, re.MULTILINE)
+        m = re.search(rx, summary, re.MULTILINE)
         assert m or "dropped" in rx, f"no {rx!r} in the summary:\n{stdout}"
         counts.update({k: int(v) for k, v in (m.groupdict() if m else {}).items()})
     return counts
