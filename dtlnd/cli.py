@@ -42,7 +42,7 @@ def _flag_type(key: config.Key) -> Any:
     return str
 
 
-def _add_settings(p: argparse.ArgumentParser, *, run: bool, only: Sequence[str] = ()) -> None:
+def add_setting_flags(p: argparse.ArgumentParser, *, run: bool, only: Sequence[str] = ()) -> None:
     """The settings' own flags (`dtlnd.config`): all of them on ``run``, the engine's elsewhere.
 
     On ``run`` they default to None, so the config file's values stand
@@ -78,7 +78,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _options(args: argparse.Namespace) -> config.Settings:
+def settings_from_flags(args: argparse.Namespace) -> config.Settings:
     """The settings given as flags, on the defaults (no config file); errors name the flags."""
     try:
         return config.from_options(_overrides(args))
@@ -91,7 +91,7 @@ def _options(args: argparse.Namespace) -> config.Settings:
         raise UsageError("\n".join(lines)) from None
 
 
-def _build_processor(args: argparse.Namespace, s: config.Settings) -> Any:
+def build_processor(args: argparse.Namespace, s: config.Settings) -> Any:
     from . import engine
 
     return engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads, args.fft,
@@ -101,7 +101,7 @@ def _build_processor(args: argparse.Namespace, s: config.Settings) -> Any:
 def _cmd_process(args: argparse.Namespace) -> int:
     from . import offline
 
-    settings = _options(args)
+    settings = settings_from_flags(args)
     opts = offline.FileOptions(channel=args.channel, ref=args.ref, ref_channel=args.ref_channel,
                                subtype=args.subtype, ref_delay=settings.ref_delay)
     src: Path = args.input
@@ -111,7 +111,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
         raise UsageError("--ref is only used by --mode aec or aec+ns")
     if not src.is_dir():
         offline.output_format(args.output)  # before loading the models
-    processor = _build_processor(args, settings)
+    processor = build_processor(args, settings)
     if src.is_dir():
         return offline.process_tree(src, args.output, processor, opts, progress=not args.no_progress)
     if args.output.is_dir():
@@ -132,7 +132,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError(f"--paced-blocks {args.paced_blocks}: use at least 100 for meaningful figures")
     return bench.run(args.model, args.model_dir, args.runtime, args.audio, args.ref, args.blocks,
                      args.threads, args.fft, args.json, args.paced, args.pipeline, args.paced_blocks,
-                     ref_delay=_options(args).ref_delay)
+                     ref_delay=settings_from_flags(args).ref_delay)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -145,7 +145,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", type=Path, metavar="FILE.png",
                    help="with --measure: write a timeline of engine time, buffer, xruns, misses and lost audio "
                         "when the run ends (needs the dtlnd[eval] extra)")
-    _add_settings(p, run=True)
+    add_setting_flags(p, run=True)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ".wav below it is processed into the same tree under OUT.")
     p.add_argument("input", type=Path, metavar="IN", help="input WAV file, or a folder of them")
     p.add_argument("output", type=Path, metavar="OUT", help="output WAV file, or folder when IN is one")
-    _add_settings(p, run=False)
+    add_setting_flags(p, run=False)
     p.add_argument("--fft", default="auto", choices=FFT_BACKENDS, help="FFT backend (default: pyfftw when installed)")
     p.add_argument("--ref", type=Path, metavar="REF.wav",
                    help="far-end reference for aec (default: a channel of IN, see --ref-channel)")
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", action="store_true",
                    help="also time the pipelined engine (model 2 on a worker thread)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _add_settings(p, run=False, only=("ref_delay",))
+    add_setting_flags(p, run=False, only=("ref_delay",))
     p.set_defaults(func=_cmd_bench)
 
     add_models_parser(sub)

@@ -151,7 +151,7 @@ def _max_suppression(args: argparse.Namespace) -> Optional[float]:
 def build_engines(args: argparse.Namespace) -> list[Engine]:
     """One processor per --model, each built by the function ``process`` builds its own with."""
     from . import engine
-    from .cli import _build_processor, _options
+    from .cli import build_processor, settings_from_flags
 
     limit = _max_suppression(args)
     own_limit = getattr(args, "max_suppression", None) is not None  # ours, not the schema's
@@ -167,7 +167,7 @@ def build_engines(args: argparse.Namespace) -> list[Engine]:
             build: Any = engine.build  # the keyword exists once the engine branch is merged (checked above)
             proc = build(*s, args.fft, max_suppression=limit)
         else:
-            proc = _build_processor(args, _options(args))
+            proc = build_processor(args, settings_from_flags(args))
         first = name or DEFAULT_MODELS["ns" if mode == "ns" else "aec"]
         label = first if mode != "aec+ns" else f"{first}+{ns_model or DEFAULT_MODELS['ns']}"
         if limit is not None:
@@ -284,9 +284,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-suppression {own:g}: use 0..120 dB (e.g. 20), or leave it out for no limit")
     pairs = _inputs(args)
     engines = build_engines(args)
-    from .cli import _options
+    from .cli import settings_from_flags
 
-    settings = _options(args)  # the same settings, from the same flags, as process
+    settings = settings_from_flags(args)  # the same settings, from the same flags, as process
     opts = offline.FileOptions(channel=args.channel, ref=args.ref, ref_channel=args.ref_channel,
                                ref_delay=settings.ref_delay)
     from tqdm import tqdm
@@ -318,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     """The ``evaluate`` subcommand: the engine settings' flags exactly as ``process`` has them, --model repeatable."""
     from . import config
-    from .cli import _add_settings
+    from .cli import add_setting_flags
 
     p = sub.add_parser("evaluate", help="score the enhancement: DNSMOS, AECMOS, ERLE, SI-SDR, PESQ, STOI",
                        description="Process IN through the same engine as 'process' and score the input and "
@@ -326,7 +326,7 @@ def add_parser(sub: Any) -> None:
                        "cancellation; SI-SDR, PESQ-WB and STOI against --clean. Needs pip install 'dtlnd[eval]'.",
                        conflict_handler="resolve")
     p.add_argument("input", type=Path, metavar="IN", help="input WAV file, or a folder of them")
-    _add_settings(p, run=False)
+    add_setting_flags(p, run=False)
     p.add_argument("--model", action="append", dest="models", metavar="NAME",  # replaces the settings' --model
                    help="pair to evaluate; repeat for a comparison table (default: the mode's default pair)")
     p.add_argument("--fft", default="auto", choices=FFT_BACKENDS, help="FFT backend (default: pyfftw when installed)")
