@@ -30,10 +30,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from audio_util import read, rms_dbfs, snr_db
-from rig import (RATE, NotifySocket, Proc, Recorder, Rig, daemon, kill_leftovers, lag, play, require_rig, sound_runs,
-                 write_raw)
+from rig import (
+    RATE,
+    NotifySocket,
+    Proc,
+    Recorder,
+    Rig,
+    daemon,
+    kill_leftovers,
+    lag,
+    play,
+    require_rig,
+    sound_runs,
+    write_raw,
+)
 
 AIRCON = "airconditioning.wav"
 NEAR_MIC = "DLhjtuwiEkS-68TsUVvW5g_nearend_singletalk_mic.wav"
@@ -99,7 +110,7 @@ def stop(d: Proc, timeout: float = 10.0) -> int:
         return d.wait(timeout)
     except subprocess.TimeoutExpired:
         d.kill()
-        raise AssertionError(f"dtlnd did not stop within {timeout} s of SIGTERM; stderr:\n{d.stderr}")
+        raise AssertionError(f"dtlnd did not stop within {timeout} s of SIGTERM; stderr:\n{d.stderr}") from None
 
 
 def summary_latency(stdout: str) -> float:
@@ -151,7 +162,7 @@ def test_stream_is_sample_exact(rig, audio_dir, tmp_path, mode, model, pcm):
     else:
         wav, x = _aec_input(audio_dir, tmp_path)
     # Longer than the run: past its end the file PCM would read silence.
-    raw = write_raw(tmp_path / "in.raw", np.concatenate([x, np.zeros((RATE * 4,) + x.shape[1:], np.float32)]))
+    raw = write_raw(tmp_path / "in.raw", np.concatenate([x, np.zeros((RATE * 4, *x.shape[1:]), np.float32)]))
     offline = tmp_path / "offline.wav"
     r = dtlnd("process", wav, offline, "--mode", mode, "--model", model, "--subtype", "FLOAT", env=rig.env)
     assert r.returncode == 0, r.stderr
@@ -441,7 +452,7 @@ def test_sighup_reloads_the_config(rig, speech_raw, notify_socket, tmp_path):
     assert "keeping the running configuration" in err and "invalid YAML" in err, err
     time.sleep(1.2)
     assert d.p.poll() is None, d.stderr
-    t, status = ns.wait_for("STATUS=", after=t_hup + 0.1, timeout=3)
+    _t, status = ns.wait_for("STATUS=", after=t_hup + 0.1, timeout=3)
     assert status.startswith("STATUS=ns dtln_ns_float:"), status
     assert ns.times("WATCHDOG=1", t_hup + 0.5), "WATCHDOG stopped after a failed reload"
     assert _loop_has_sound(rig, tmp_path / "kept.raw") > -60
