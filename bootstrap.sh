@@ -5,6 +5,7 @@
 #
 #   ./bootstrap.sh            (as root, or with sudo available)
 #   PYTHON=python3.11 ./bootstrap.sh
+#   DTLND_EXTRAS=test ./bootstrap.sh   (no lint tools, no evaluate extra)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -38,5 +39,9 @@ export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 [ -x .venv/bin/python ] || quiet "$PYTHON" -m venv .venv
 echo "bootstrap.sh: installing dtlnd and its dependencies into .venv"
 quiet .venv/bin/python -m pip install -q --upgrade pip
-quiet .venv/bin/python -m pip install -q -e '.[test]'
+# Development gets every extra the tests use: test (pytest), lint (ruff,
+# mypy) and eval (`dtlnd evaluate`: DNSMOS/AECMOS, PESQ, STOI, plots; about
+# 580 MB).  The Pi install (install.sh) takes none of them.
+EXTRAS="${DTLND_EXTRAS:-test,lint,eval}"
+quiet .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
 echo "ready: .venv/bin/dtlnd demo; tests: .venv/bin/python -m pytest"

@@ -70,7 +70,7 @@ while [ $# -gt 0 ]; do
         --no-start) START=0; shift ;;
         --no-apt) APT=0; shift ;;
         --check-platform) CHECK_PLATFORM=1; shift ;;
-        -h|--help) sed -n '2,49p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -211,8 +211,13 @@ fetch=("$VENV/bin/dtlnd" models fetch --dir "$MODEL_DIR" --no-progress)
 [ -n "$BASE_URL" ] && fetch+=(--base-url "$BASE_URL")
 # shellcheck disable=SC2086
 "${fetch[@]}" $MODELS
-# The file, and the model pairs it names (loaded as the service will).
-DTLND_MODEL_DIR="$MODEL_DIR" "$VENV/bin/dtlnd" config check "$ETC/dtlnd.yaml" >/dev/null
+# The file, and the model pairs it names (loaded as the service will).  A
+# file that does not work yet is said, and the service is not started.
+CONFIG_OK=1
+if ! problem="$(DTLND_MODEL_DIR="$MODEL_DIR" "$VENV/bin/dtlnd" config check "$ETC/dtlnd.yaml" 2>&1 >/dev/null)"; then
+    CONFIG_OK=0
+    say "$ETC/dtlnd.yaml does not work yet: ${problem#dtlnd: error: }"
+fi
 
 # 5. ALSA: snd-aloop at boot, and the named PCMs.
 for f in "${INSTALLED_ALSA[@]}"; do install -D -m 0644 "$SRC/alsa/$f" "$ROOT/etc/$f"; done
@@ -234,7 +239,9 @@ chown -R dtlnd:dtlnd /var/lib/dtlnd
 modprobe snd-aloop 2>/dev/null || say "could not load snd-aloop now (it loads at the next boot)"
 systemctl daemon-reload
 systemctl enable dtlnd.service
-if [ $START = 1 ]; then
+if [ $CONFIG_OK = 0 ]; then
+    say "installed and enabled, not started: fix $ETC/dtlnd.yaml (dtlnd config check), then: sudo systemctl start dtlnd"
+elif [ $START = 1 ]; then
     systemctl restart dtlnd.service
     say "started; check it with: dtlnd run --measure --duration 10 (stop the service first) or journalctl -u dtlnd"
 else

@@ -47,8 +47,9 @@ from . import devices, resample
 from .bridge import ClockBridge
 from .config import Settings
 from .constants import FORMATS, RATE, SHIFT
-from .engine import BlockStream, HopProcessor
+from .engine import BlockStream
 from .errors import DeviceError
+from .hop import HopProcessor
 from .measure import BlockStats, Latency
 
 log = logging.getLogger("dtlnd")
@@ -76,11 +77,12 @@ class LostTime:
     samples) jitters by a callback's lateness and returns when the backlog
     arrives, but a loss raises it for good.  The minimum deficit over each
     window of 32 callbacks (~0.26 s) is the floor; a floor higher than the
-    last one by more than one block is counted as lost time
-    (``stats.gap_samples`` in 16 kHz samples; ``stats.gaps`` counts losses,
-    a rise over two windows in a row being one).  The
-    floor follows slow drift between the device's crystal and the system
-    clock both ways (0.1 % is 4 samples per window), so drift is never a gap.
+    last one by more than one block, and still that high a window later
+    (callbacks held back by load for a whole window come back), is counted
+    as lost time (``stats.gap_samples`` in 16 kHz samples, ``stats.gaps``
+    times), about half a second after it happened.  The floor follows slow
+    drift between the device's crystal and the system clock both ways
+    (0.1 % is 4 samples per window), so drift is never a gap.
     """
 
     WINDOW = 32
@@ -109,15 +111,27 @@ class LostTime:
             self._min = deficit
         self._count += 1
         if self._count == self.WINDOW:
-            floor = self._min
-            rise = floor - self._floor if self._floor != -1 << 62 else 0
-            if rise > self._threshold:
-                self.stats.gaps += 0 if self._rising else 1  # one loss may span two windows
-                self.stats.gap_samples += rise * RATE // self.rate
-            self._rising = rise > self._threshold
-            self._floor = floor
+            self._window_done(self._min)
             self._min = 1 << 62
             self._count = 0
+
+    def _window_done(self, floor: int) -> None:
+        """A raised floor is lost time only if the next window's floor is still up (else: late callbacks)."""
+        if self._floor == -1 << 62:
+            self._floor = floor
+            return
+        rise = floor - self._floor
+        if not self._rising:
+            if rise > self._threshold:
+                self._rising = True  # decided at the next window
+            else:
+                self._floor = floor  # drift, either way
+            return
+        self._rising = False
+        if rise > self._threshold:
+            self.stats.gaps += 1
+            self.stats.gap_samples += rise * RATE // self.rate
+        self._floor = floor
 
 
 class AudioPipeline:

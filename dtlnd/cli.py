@@ -42,7 +42,7 @@ def _flag_type(key: config.Key) -> Any:
     return str
 
 
-def _add_settings(p: argparse.ArgumentParser, *, run: bool, only: Sequence[str] = ()) -> None:
+def add_setting_flags(p: argparse.ArgumentParser, *, run: bool, only: Sequence[str] = ()) -> None:
     """The settings' own flags (`dtlnd.config`): all of them on ``run``, the engine's elsewhere.
 
     On ``run`` they default to None, so the config file's values stand
@@ -78,7 +78,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _options(args: argparse.Namespace) -> config.Settings:
+def settings_from_flags(args: argparse.Namespace) -> config.Settings:
     """The settings given as flags, on the defaults (no config file); errors name the flags."""
     try:
         return config.from_options(_overrides(args))
@@ -91,7 +91,7 @@ def _options(args: argparse.Namespace) -> config.Settings:
         raise UsageError("\n".join(lines)) from None
 
 
-def _build_processor(args: argparse.Namespace, s: config.Settings) -> Any:
+def build_processor(args: argparse.Namespace, s: config.Settings) -> Any:
     from . import engine
 
     return engine.build(s.mode, s.model, s.ns_model, s.model_dir, s.runtime, s.threads, args.fft,
@@ -101,7 +101,7 @@ def _build_processor(args: argparse.Namespace, s: config.Settings) -> Any:
 def _cmd_process(args: argparse.Namespace) -> int:
     from . import offline
 
-    settings = _options(args)
+    settings = settings_from_flags(args)
     opts = offline.FileOptions(channel=args.channel, ref=args.ref, ref_channel=args.ref_channel,
                                subtype=args.subtype, ref_delay=settings.ref_delay)
     src: Path = args.input
@@ -111,7 +111,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
         raise UsageError("--ref is only used by --mode aec or aec+ns")
     if not src.is_dir():
         offline.output_format(args.output)  # before loading the models
-    processor = _build_processor(args, settings)
+    processor = build_processor(args, settings)
     if src.is_dir():
         return offline.process_tree(src, args.output, processor, opts, progress=not args.no_progress)
     if args.output.is_dir():
@@ -132,7 +132,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError(f"--paced-blocks {args.paced_blocks}: use at least 100 for meaningful figures")
     return bench.run(args.model, args.model_dir, args.runtime, args.audio, args.ref, args.blocks,
                      args.threads, args.fft, args.json, args.paced, args.pipeline, args.paced_blocks,
-                     ref_delay=_options(args).ref_delay)
+                     ref_delay=settings_from_flags(args).ref_delay)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -145,7 +145,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", type=Path, metavar="FILE.png",
                    help="with --measure: write a timeline of engine time, buffer, xruns, misses and lost audio "
                         "when the run ends (needs the dtlnd[eval] extra)")
-    _add_settings(p, run=True)
+    add_setting_flags(p, run=True)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -203,6 +203,54 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_process_parser(sub: Any) -> None:
+    p = sub.add_parser("process", help="enhance WAV files offline through the real-time engine",
+                       description="Enhance IN into OUT with the same engine the daemon runs. The output is "
+                       "16 kHz, as long as the input and time-aligned with it. IN may be a folder: every "
+                       ".wav below it is processed into the same tree under OUT.")
+    p.add_argument("input", type=Path, metavar="IN", help="input WAV file, or a folder of them")
+    p.add_argument("output", type=Path, metavar="OUT", help="output WAV file, or folder when IN is one")
+    add_setting_flags(p, run=False)
+    p.add_argument("--fft", default="auto", choices=FFT_BACKENDS, help="FFT backend (default: pyfftw when installed)")
+    p.add_argument("--ref", type=Path, metavar="REF.wav",
+                   help="far-end reference for aec (default: a channel of IN, see --ref-channel)")
+    p.add_argument("--channel", type=int, default=0, metavar="N", help="microphone channel of IN (default: 0)")
+    p.add_argument("--ref-channel", type=int, metavar="N",
+                   help="reference channel of IN, or of REF.wav (default: the last)")
+    p.add_argument("--subtype", metavar="SUBTYPE",
+                   help="output sample format, e.g. PCM_16, PCM_24, FLOAT (default: the input's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar for folders")
+    p.set_defaults(func=_cmd_process)
+
+
+def _add_bench_parser(sub: Any) -> None:
+    p = sub.add_parser("bench", help="time the engine per block against the bare invoke() floor",
+                       description="For each model pair found and each installed runtime that loads it: the engine's "
+                       "wall time per 8 ms block (mean, median, p99), the two invoke() calls alone "
+                       "(the floor), and the ratio engine/floor.")
+    p.add_argument("--model", action="append", metavar="NAME",
+                   help="pair to time (repeatable; default: every pair found)")
+    p.add_argument("--model-dir", type=Path, metavar="DIR", help="folder holding the model files")
+    p.add_argument("--runtime", action="append", choices=RUNTIMES[1:],
+                   help="runtime to time (repeatable; default: every one installed)")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="interpreter threads (default: 1)")
+    p.add_argument("--fft", default="auto", choices=FFT_BACKENDS, help="FFT backend")
+    p.add_argument("--audio", type=Path, metavar="WAV", help="input audio (default: synthetic noise)")
+    p.add_argument("--ref", type=Path, metavar="WAV", help="far-end audio for AEC pairs "
+                   "(default: the input, delayed and attenuated)")
+    p.add_argument("--blocks", type=int, default=3000, help="blocks timed per pair (default: %(default)s)")
+    p.add_argument("--paced", action="store_true",
+                   help="also time one block every 8 ms, as in real time, with CPU seconds per audio second, "
+                        "and print a recommendation")
+    p.add_argument("--paced-blocks", type=int, default=1000, metavar="N",
+                   help="blocks timed per pair when paced (default: %(default)s, 8 s each for engine and floor)")
+    p.add_argument("--pipeline", action="store_true",
+                   help="also time the pipelined engine (model 2 on a worker thread)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_setting_flags(p, run=False, only=("ref_delay",))
+    p.set_defaults(func=_cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dtlnd", description="Real-time DTLN noise suppression and echo cancellation "
                      "for embedded Linux.")
@@ -240,50 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file", nargs="?", type=Path, metavar="FILE")
     c.set_defaults(func=_cmd_config_check)
 
-    p = sub.add_parser("process", help="enhance WAV files offline through the real-time engine",
-                       description="Enhance IN into OUT with the same engine the daemon runs. The output is "
-                       "16 kHz, as long as the input and time-aligned with it. IN may be a folder: every "
-                       ".wav below it is processed into the same tree under OUT.")
-    p.add_argument("input", type=Path, metavar="IN", help="input WAV file, or a folder of them")
-    p.add_argument("output", type=Path, metavar="OUT", help="output WAV file, or folder when IN is one")
-    _add_settings(p, run=False)
-    p.add_argument("--fft", default="auto", choices=FFT_BACKENDS, help="FFT backend (default: pyfftw when installed)")
-    p.add_argument("--ref", type=Path, metavar="REF.wav",
-                   help="far-end reference for aec (default: a channel of IN, see --ref-channel)")
-    p.add_argument("--channel", type=int, default=0, metavar="N", help="microphone channel of IN (default: 0)")
-    p.add_argument("--ref-channel", type=int, metavar="N",
-                   help="reference channel of IN, or of REF.wav (default: the last)")
-    p.add_argument("--subtype", metavar="SUBTYPE",
-                   help="output sample format, e.g. PCM_16, PCM_24, FLOAT (default: the input's)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar for folders")
-    p.set_defaults(func=_cmd_process)
-
-    p = sub.add_parser("bench", help="time the engine per block against the bare invoke() floor",
-                       description="For each model pair found and each installed runtime that loads it: the engine's "
-                       "wall time per 8 ms block (mean, median, p99), the two invoke() calls alone "
-                       "(the floor), and the ratio engine/floor.")
-    p.add_argument("--model", action="append", metavar="NAME",
-                   help="pair to time (repeatable; default: every pair found)")
-    p.add_argument("--model-dir", type=Path, metavar="DIR", help="folder holding the model files")
-    p.add_argument("--runtime", action="append", choices=RUNTIMES[1:],
-                   help="runtime to time (repeatable; default: every one installed)")
-    p.add_argument("--threads", type=int, default=1, metavar="N", help="interpreter threads (default: 1)")
-    p.add_argument("--fft", default="auto", choices=FFT_BACKENDS, help="FFT backend")
-    p.add_argument("--audio", type=Path, metavar="WAV", help="input audio (default: synthetic noise)")
-    p.add_argument("--ref", type=Path, metavar="WAV", help="far-end audio for AEC pairs "
-                   "(default: the input, delayed and attenuated)")
-    p.add_argument("--blocks", type=int, default=3000, help="blocks timed per pair (default: %(default)s)")
-    p.add_argument("--paced", action="store_true",
-                   help="also time one block every 8 ms, as in real time, with CPU seconds per audio second, "
-                        "and print a recommendation")
-    p.add_argument("--paced-blocks", type=int, default=1000, metavar="N",
-                   help="blocks timed per pair when paced (default: %(default)s, 8 s each for engine and floor)")
-    p.add_argument("--pipeline", action="store_true",
-                   help="also time the pipelined engine (model 2 on a worker thread)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _add_settings(p, run=False, only=("ref_delay",))
-    p.set_defaults(func=_cmd_bench)
-
+    _add_process_parser(sub)
+    _add_bench_parser(sub)
     add_models_parser(sub)
     from . import demo
 

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Mapping, Optional, Union
 import yaml
 
 from . import paths
-from .constants import FORMATS, LOG_LEVELS, MODES, RUNTIMES
+from .constants import FORMATS, LOG_LEVELS, MODES, RUNTIMES, SUPPRESSION_RANGE_DB
 from .errors import ConfigError
 
 
@@ -120,7 +120,7 @@ class Settings:
     max_suppression: Optional[float] = setting(
         None, "the output never falls more than this below the input: the time-aligned input is mixed into "
         "the output at 10^(-DB/20); empty: no limit", flag="--max-suppression", metavar="DB",
-        bounds=(0.0, 120.0), unit="dB", process=True)
+        bounds=SUPPRESSION_RANGE_DB, unit="dB", process=True)
     pipeline: Union[bool, str] = setting(
         False, "run model 2 (for aec+ns: the NS stage) on a second thread, 8 ms more latency; auto: when a "
         "paced sequential block takes over half the 8 ms budget (measured at start)", flag="--pipeline",

@@ -34,3 +34,5 @@ FORMATS = {"S16_LE": "int16", "S32_LE": "int32", "FLOAT_LE": "float32"}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: FFT backends a user may force (``auto``: the fastest installed).
 FFT_BACKENDS = ("auto", "pyfftw", "numpy")
+#: The accepted range of ``max_suppression``, dB.
+SUPPRESSION_RANGE_DB = (0.0, 120.0)

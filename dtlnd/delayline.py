@@ -27,7 +27,7 @@ import numpy as np
 from . import align
 from .align import EST_RATE, RESET_STEP_HOPS, STEP_S, WINDOW_S, Tracker, ms_to_samples, samples_to_ms
 from .constants import RATE, SHIFT
-from .engine import HopProcessor
+from .hop import HopProcessor
 
 log = logging.getLogger("dtlnd")
 

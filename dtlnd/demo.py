@@ -94,7 +94,7 @@ def _fetch(name: str, model_dir: Optional[Path], from_dir: Optional[Path]) -> st
     from .store import fetch
 
     results = fetch([name], model_dir, from_dir=from_dir, progress=False)
-    sources = sorted({r.source for r in results if r.source}) or ["already present"]
+    sources = sorted({r.source.split(" (")[0] for r in results if r.source}) or ["already present"]
     return ", ".join(sources)
 
 

@@ -44,13 +44,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
 from .constants import BINS, BLOCK, DEFAULT_MODELS, MODES, SHIFT
 from .dsp import OverlapAdd, RealFFT, SlidingWindow
 from .errors import ModelError, UsageError
+from .hop import HopProcessor
 from .runtime import ModelPair
 
 log = logging.getLogger("dtlnd")
@@ -68,33 +69,6 @@ OUT_ENERGY = OUT_PEAK * OUT_PEAK
 #: the same path, but numpy may print one RuntimeWarning about it.)
 IN_PEAK = 1000.0
 IN_ENERGY = IN_PEAK * IN_PEAK
-
-
-class HopProcessor(Protocol):
-    """What the audio path drives: one 128-sample hop at a time."""
-
-    #: 1 (microphone) or 2 (microphone + far-end reference)
-    channels: int
-    #: samples from a hop's input to the output it belongs to
-    delay: int
-    #: the model pair(s), e.g. "dtln_aec_128_quant+dtln_ns_quant"
-    label: str
-    #: the TF-Lite runtime the pairs run on
-    runtime: str
-    #: the latest microphone hop as the engine saw it (non-finite samples zeroed)
-    input_hop: np.ndarray
-
-    def process_hop(self, mic: np.ndarray, far: Optional[np.ndarray], out: np.ndarray) -> None: ...
-
-    def reset(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    @property
-    def nonfinite(self) -> int: ...
-
-    @property
-    def resets(self) -> int: ...
 
 
 class _DTLN:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import inspect
 import json
 import logging
 import sys
@@ -142,32 +141,16 @@ def score(rec: Recording, x: np.ndarray, is_output: bool) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in s.items()}
 
 
-def _max_suppression(args: argparse.Namespace) -> Optional[float]:
-    """The --max-suppression value, from the settings' flag when the config schema has it, else ours."""
-    schema_value = getattr(args, "set__max_suppression", None)
-    return schema_value if schema_value is not None else getattr(args, "max_suppression", None)
-
-
 def build_engines(args: argparse.Namespace) -> list[Engine]:
     """One processor per --model, each built by the function ``process`` builds its own with."""
-    from . import engine
-    from .cli import _build_processor, _options
+    from .cli import build_processor, settings_from_flags
 
-    limit = _max_suppression(args)
-    own_limit = getattr(args, "max_suppression", None) is not None  # ours, not the schema's
-    if own_limit and "max_suppression" not in inspect.signature(engine.build).parameters:
-        raise UsageError("--max-suppression: this build's engine has no suppression limit yet "
-                         "(issue 8 item 3): run without it")
+    limit = args.set__max_suppression
     mode, ns_model = args.set__mode, args.set__ns_model
     engines = []
     for name in args.models or [None]:
         args.set__model = name
-        if own_limit:
-            s = args.set__mode, name, ns_model, args.set__model_dir, args.set__runtime, args.set__threads
-            build: Any = engine.build  # the keyword exists once the engine branch is merged (checked above)
-            proc = build(*s, args.fft, max_suppression=limit)
-        else:
-            proc = _build_processor(args, _options(args))
+        proc = build_processor(args, settings_from_flags(args))
         first = name or DEFAULT_MODELS["ns" if mode == "ns" else "aec"]
         label = first if mode != "aec+ns" else f"{first}+{ns_model or DEFAULT_MODELS['ns']}"
         if limit is not None:
@@ -279,14 +262,11 @@ def run(args: argparse.Namespace) -> int:
         plots.check_writable(args.plot)
     if args.set__mode == "ns" and (args.ref is not None or args.talk != "auto"):
         raise UsageError(f"{'--ref' if args.ref is not None else '--talk'} is only used by --mode aec or aec+ns")
-    own = getattr(args, "max_suppression", None)
-    if own is not None and not 0 <= own <= 120:  # the engine's range; goes when the schema has the setting
-        raise UsageError(f"--max-suppression {own:g}: use 0..120 dB (e.g. 20), or leave it out for no limit")
     pairs = _inputs(args)
     engines = build_engines(args)
-    from .cli import _options
+    from .cli import settings_from_flags
 
-    settings = _options(args)  # the same settings, from the same flags, as process
+    settings = settings_from_flags(args)  # the same settings, from the same flags, as process
     opts = offline.FileOptions(channel=args.channel, ref=args.ref, ref_channel=args.ref_channel,
                                ref_delay=settings.ref_delay)
     from tqdm import tqdm
@@ -317,8 +297,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """The ``evaluate`` subcommand: the engine settings' flags exactly as ``process`` has them, --model repeatable."""
-    from . import config
-    from .cli import _add_settings
+    from .cli import add_setting_flags
 
     p = sub.add_parser("evaluate", help="score the enhancement: DNSMOS, AECMOS, ERLE, SI-SDR, PESQ, STOI",
                        description="Process IN through the same engine as 'process' and score the input and "
@@ -326,7 +305,7 @@ def add_parser(sub: Any) -> None:
                        "cancellation; SI-SDR, PESQ-WB and STOI against --clean. Needs pip install 'dtlnd[eval]'.",
                        conflict_handler="resolve")
     p.add_argument("input", type=Path, metavar="IN", help="input WAV file, or a folder of them")
-    _add_settings(p, run=False)
+    add_setting_flags(p, run=False)
     p.add_argument("--model", action="append", dest="models", metavar="NAME",  # replaces the settings' --model
                    help="pair to evaluate; repeat for a comparison table (default: the mode's default pair)")
     p.add_argument("--fft", default="auto", choices=FFT_BACKENDS, help="FFT backend (default: pyfftw when installed)")
@@ -340,9 +319,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--talk", choices=["auto", *metrics.TALK_TYPES], default="auto",
                    help="AECMOS talk type: st far-end single talk, nst near-end single talk, dt double talk; "
                         "auto: detected from the levels (default)")
-    if not any(k.flag == "--max-suppression" and k.process for k in config.schema()):  # until the engine has it
-        p.add_argument("--max-suppression", type=float, metavar="DB",
-                       help="mix the input back in so the output is never more than DB below it (default: none)")
     p.add_argument("--json", action="store_true", help="one JSON object per line per (file, model) instead of a table")
     p.add_argument("--plot", type=Path, metavar="FILE.png",
                    help="write spectrograms of input, reference and output(s) and their levels (one file IN)")

@@ -6,8 +6,12 @@ on, one can start inside an audio callback or hold one up.  So after
 start-up every object is frozen (``gc.freeze``: models, arrays and modules
 are never scanned again) and automatic collection is off; the supervisor's
 loop calls `Collector.tick`, which collects the young generation when it is
-due and all generations once a minute, and records the longest collection.
-``DTLND_GC=python`` keeps Python's own policy (to measure the difference).
+due and all generations once a minute, and records the longest collection
+(``gc_max_ms`` in the state file): that is how long it can hold a callback
+up, since it still holds the GIL.  ``DTLND_GC=python`` keeps Python's own
+policy, to measure the difference: over seven A/B pairs of 20 s rig runs
+the engine's worst block was 3.3 ms (median) managed against 5.6 ms with
+Python's policy; p99 and mean did not change.
 """
 
 from __future__ import annotations

@@ -23,8 +23,9 @@ import soxr
 
 from .atomic import atomic_write
 from .constants import RATE
-from .engine import BlockStream, HopProcessor
+from .engine import BlockStream
 from .errors import DtlndError, InputError, OutputError, UsageError
+from .hop import HopProcessor
 
 _CHUNK = 1 << 16
 

@@ -38,7 +38,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from .constants import BUDGET_NS, SHIFT
-from .engine import _DTLN, Chain, HopProcessor
+from .engine import _DTLN, Chain
+from .hop import HopProcessor, Wrapper
 
 #: ``pipeline: auto`` (and ``bench --paced``'s advice) pipelines when the median paced
 #: sequential block takes more than this share of the 8 ms budget: below it,
@@ -105,31 +106,18 @@ class _Worker:
         self.done.release()
 
 
-class Pipelined:
+class Pipelined(Wrapper):
     """``inner`` split in two halves that run on two threads; see the module docstring."""
 
     def __init__(self, inner: HopProcessor, front: Front, handover: Callable[[], None],
                  job: Callable[[], object], finish: Callable[[np.ndarray], None]) -> None:
-        self.inner = inner
-        self.channels = inner.channels
+        super().__init__(inner)
         self.delay = inner.delay + SHIFT
-        self.label = inner.label
-        self.runtime = inner.runtime
-        self.input_hop = inner.input_hop
-        self.stages = getattr(inner, "stages", (inner,))  # the engines inside, first stage first
         self._front, self._handover, self._finish = front, handover, finish
         self._worker = _Worker(job, f"dtlnd-{inner.label}")
         self._wait, self._go = self._worker.done.acquire, self._worker.go.release
         self._primed = False
         self._closer = weakref.finalize(self, self._worker.stop)
-
-    @property
-    def nonfinite(self) -> int:
-        return self.inner.nonfinite
-
-    @property
-    def resets(self) -> int:
-        return self.inner.resets
 
     @property
     def worker(self) -> threading.Thread:

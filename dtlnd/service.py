@@ -33,12 +33,11 @@ from .gcpolicy import Collector
 from .measure import BlockStats, Snapshot
 from .notify import Notifier
 from .status import ProcessUsage, StateFile
+from .watch import Backoff, StallWatch
 
 log = logging.getLogger("dtlnd")
 
 TICK = 0.05  # supervisor period, seconds
-STALL = 1.5  # seconds without callbacks before a stream counts as dead
-BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 class State(enum.Enum):
@@ -47,66 +46,6 @@ class State(enum.Enum):
     LOST = "lost"
     RELOADING = "reloading"
     STOPPING = "stopping"
-
-
-class Backoff:
-    """When to try opening again: `BACKOFF` steps, the last repeating."""
-
-    def __init__(self) -> None:
-        self.attempt = 0
-        self.next_try = 0.0
-        self.since = 0.0
-
-    def start(self, now: float) -> None:
-        self.attempt, self.since, self.next_try = 0, now, now + BACKOFF[0]
-
-    def due(self, now: float) -> bool:
-        return now >= self.next_try
-
-    def failed(self, now: float) -> None:
-        self.attempt += 1
-        self.next_try = now + BACKOFF[min(self.attempt, len(BACKOFF) - 1)]
-
-
-class StallWatch:
-    """Whether both directions (input blocks, output callbacks) keep moving.
-
-    Both must move: a wedged output under a live input is a stall too.  The
-    counts at ``restart`` are the baseline, so "flowing" means callbacks ran
-    after the (re)open, not before it.
-    """
-
-    def __init__(self, stats: BlockStats) -> None:
-        self.stats = stats
-        self.restart(0.0)
-
-    def _counts(self) -> tuple[int, int]:
-        return self.stats.blocks, self.stats.outputs
-
-    def restart(self, now: float) -> None:
-        self.base = self.seen = self.pinged = self._counts()
-        self.moved = [now, now]
-
-    def update(self, now: float) -> None:
-        counts = self._counts()
-        self.moved = [now if c != old else t for c, old, t in zip(counts, self.seen, self.moved)]
-        self.seen = counts
-
-    @property
-    def started(self) -> bool:
-        """Both callbacks ran since ``restart``."""
-        return all(c > b for c, b in zip(self.seen, self.base))
-
-    def stalled(self, now: float) -> Optional[str]:
-        """Why the audio counts as lost, or None; names the side only when the other moved lately."""
-        quiet = [now - t for t in self.moved]
-        if max(quiet) <= STALL:
-            return None
-        side = "" if min(quiet) > STALL / 2 else ("input " if quiet[0] > quiet[1] else "output ")
-        return f"no {side}audio for {STALL:.1f} s"
-
-    def moved_since_ping(self) -> bool:
-        return all(c != p for c, p in zip(self.seen, self.pinged))
 
 
 class Daemon:
@@ -152,7 +91,7 @@ class Daemon:
 
     def model_label(self) -> str:
         """The processor's own label once the engine gives one; else built from the settings."""
-        label = getattr(self.processor, "label", None)
+        label = self._engine("label", None)
         if label:
             return str(label)
         s = self.settings
@@ -160,7 +99,17 @@ class Daemon:
         return first + (f"+{s.ns_model or DEFAULT_MODELS['ns']}" if s.mode == "aec+ns" else "")
 
     def runtime_label(self) -> str:
-        return str(getattr(self.processor, "runtime", None) or self.settings.runtime)
+        return str(self._engine("runtime", None) or self.settings.runtime)
+
+    def _engine(self, name: str, default: Any) -> Any:
+        """An engine figure (``label``, ``runtime``, ``nonfinite``, ``resets``) of the processor, or of the
+        processor a wrapper (the reference alignment's) holds as ``inner``, when the wrapper does not pass it on."""
+        p: Any = self.processor
+        while p is not None:
+            if hasattr(p, name):
+                return getattr(p, name)
+            p = getattr(p, "inner", None)
+        return default
 
     def _signals(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -286,14 +235,16 @@ class Daemon:
         log.info("stopping")
         summary = self.snapshot(seconds, 0)
         if self.timeline is not None:  # the last part-second too
-            self.timeline.add(self.snapshot(seconds, self._report_from))
-        self._close()
+            self._add_row(self.snapshot(seconds, self._report_from), self._alignment()[1])
+        t0 = time.monotonic()
+        self._close()  # bounded: a close blocked in the driver is left behind (AudioPipeline.close)
+        log.debug("streams closed in %.2f s", time.monotonic() - t0)
+        close = getattr(self.processor, "close", None)
+        if callable(close):  # a pipelined processor's worker thread ends here
+            close()
         self.state_file.remove()
         self.gc.stop()
-        if self.timeline is not None and self.plot is not None:
-            from . import plot
-
-            plot.write(self.plot, self.timeline, f"{self.settings.mode} {self.model_label()}")
+        status = 0
         if self.measure:
             # Audio that stopped (or never started) in the run's last seconds: too short for a stall.
             more = [] if ended_in is State.FLOWING else [f"audio not flowing at the end ({ended_in.value})"]
@@ -302,8 +253,14 @@ class Daemon:
                      ] if align_text else []
             for line in summary.summary(self.settings.mode, self.model_label(), more, notes):
                 self.out(line)
-            return 1 if summary.causes(more) else 0
-        return 0
+            status = 1 if summary.causes(more) else 0
+        if self.timeline is not None and self.plot is not None:
+            from . import measure_plot
+
+            t0 = time.monotonic()
+            measure_plot.write(self.plot, self.timeline, f"{self.settings.mode} {self.model_label()}")
+            log.debug("plot written to %s in %.2f s", self.plot, time.monotonic() - t0)
+        return status
 
     # -- opening and closing -----------------------------------------------------
 
@@ -371,7 +328,7 @@ class Daemon:
     def snapshot(self, seconds: float, since: int) -> Snapshot:
         p = self.pipeline
         return measure.take(self.stats, seconds, since, p.latency() if p is not None else None,
-                            int(getattr(self.processor, "nonfinite", 0)), int(getattr(self.processor, "resets", 0)))
+                            int(self._engine("nonfinite", 0)), int(self._engine("resets", 0)))
 
     def _alignment(self) -> tuple[str, dict[str, Any]]:
         """The reference alignment's own words and figures (aec modes), or ``("", {})``."""
@@ -383,6 +340,11 @@ class Daemon:
         text = a.describe() if callable(getattr(a, "describe", None)) else str(a)
         return text, {"describe": text, **{k: v for k, v in figures.items() if v is not None}}
 
+    def _add_row(self, snap: Snapshot, align: dict[str, Any]) -> None:
+        if self.timeline is not None:
+            delay = align.get("applied_ms")
+            self.timeline.add(snap, float(delay) if isinstance(delay, (int, float)) else None)
+
     def _report(self, snap: Snapshot) -> None:
         align_text, align = self._alignment()
         extra = f" | {align_text}" if align_text else ""
@@ -390,14 +352,12 @@ class Daemon:
             self.notify("STATUS=" + snap.status(self.settings.mode, self.model_label()) + extra)
         if self.measure:
             self.out(snap.line() + extra)
-        if self.timeline is not None:
-            delay = align.get("applied_ms")
-            self.timeline.add(snap, float(delay) if isinstance(delay, (int, float)) else None)
+        self._add_row(snap, align)
         state = {"pid": os.getpid(), "updated": time.time(), "uptime_s": round(snap.seconds, 1),
                  "state": self.state.value, "mode": self.settings.mode, "model": self.model_label(),
                  "runtime": self.runtime_label(), "devices": self.pipeline.describe() if self.pipeline else None,
                  **snap.as_dict(), "extra": {"alignment": align} if align else {},
-                 "cpu_percent": round(self._usage.cpu_percent(), 1), "rss_kib": self._usage.rss_kib(),
+                 "cpu_percent": round(self._usage.cpu_percent(), 1), "rss_kib": self._usage.rss_cached(),
                  "gc_max_ms": round(self.gc.max_ms, 3)}
         why = self.state_file.write(state)
         if why is not None:
@@ -418,7 +378,7 @@ def run(config_path: Optional[Path], overrides: Mapping[str, Any], measure: bool
     if plot is not None:
         if not measure:
             raise UsageError("--plot needs --measure (it draws the figures --measure collects)")
-        from . import plot as plotting
+        from . import measure_plot as plotting
 
         plotting.check(plot)  # before the run: a missing extra or an unwritable path fails now
     if config_path is None and paths.CONFIG_FILE.exists():

@@ -1,8 +1,8 @@
 """Live status: the daemon's state file, and ``dtlnd status`` that reads it.
 
 The running daemon rewrites ``status.json`` in its runtime directory once a
-second (write to a temporary file, then rename: a reader never sees half a
-file) and removes it when it stops.  The directory is ``$DTLND_RUNTIME_DIR``
+second (through `dtlnd.atomic`: a reader never sees half a file) and
+removes it when it stops.  The directory is ``$DTLND_RUNTIME_DIR``
 when set; else systemd's ``$RUNTIME_DIRECTORY`` (``RuntimeDirectory=dtlnd``
 of the units: ``/run/dtlnd`` for the system unit); else
 ``$XDG_RUNTIME_DIR/dtlnd`` for a user; else ``/run/dtlnd``.
@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
+
+from .atomic import atomic_write
 
 FILE_NAME = "status.json"
 STALE_AFTER = 5.0  # seconds without an update before a live PID counts as stuck
@@ -51,8 +52,18 @@ def runtime_dirs() -> list[Path]:
 class ProcessUsage:
     """This process's CPU share since the last call, and RSS without JACK's shared segments."""
 
+    RSS_EVERY = 5.0  # seconds: reading smaps costs ~6 ms of kernel time here (a JACK client maps a lot)
+
     def __init__(self) -> None:
         self._last = (time.monotonic(), self._cpu())
+        self._rss: tuple[float, Optional[int]] = (-self.RSS_EVERY, None)
+
+    def rss_cached(self) -> Optional[int]:
+        """`rss_kib`, read at most every `RSS_EVERY` seconds."""
+        now = time.monotonic()
+        if now - self._rss[0] >= self.RSS_EVERY:
+            self._rss = (now, self.rss_kib())
+        return self._rss[1]
 
     @staticmethod
     def _cpu() -> float:
@@ -74,10 +85,8 @@ class ProcessUsage:
         ``bytes.find``, so the audio callbacks are not held up by a parse.
         """
         try:
-            with open("/proc/self/smaps_rollup", "rb") as f:
-                rollup = f.read()
-            with open("/proc/self/smaps", "rb") as f:
-                smaps = f.read() if SHM_PREFIX in _maps() else b""
+            rollup = _read("/proc/self/smaps_rollup")
+            smaps = _read("/proc/self/smaps") if SHM_PREFIX in _read("/proc/self/maps") else b""
         except OSError:
             return None
         total = _field_kib(rollup, 0)
@@ -90,8 +99,8 @@ class ProcessUsage:
         return total
 
 
-def _maps() -> bytes:
-    with open("/proc/self/maps", "rb") as f:
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
         return f.read()
 
 
@@ -117,15 +126,9 @@ class StateFile:
             return None
         try:
             self.folder.mkdir(mode=0o755, parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".status.", dir=self.folder)
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump(state, f, separators=(",", ":"))
-                os.chmod(tmp, 0o644)  # readable by `dtlnd status` as any user
-                os.replace(tmp, self.path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            with atomic_write(self.path) as f:
+                os.fchmod(f.fileno(), 0o644)  # readable by `dtlnd status` as any user, whatever the umask
+                f.write(json.dumps(state, separators=(",", ":")).encode())
         except OSError as exc:
             self.usable = False
             return f"no live status: cannot write {self.path}: {exc.strerror or exc}"

@@ -15,44 +15,27 @@ from typing import Optional
 
 import numpy as np
 
-from .constants import SHIFT
-from .engine import HopProcessor
+from .constants import SHIFT, SUPPRESSION_RANGE_DB
 from .errors import UsageError
-
-#: The accepted range of ``max_suppression``, dB.
-RANGE_DB = (0.0, 120.0)
+from .hop import HopProcessor, Wrapper
 
 
-class SuppressionLimit:
+class SuppressionLimit(Wrapper):
     """``inner``'s output plus its input delayed by ``inner.delay`` and attenuated by ``db``."""
 
     def __init__(self, inner: HopProcessor, db: float) -> None:
-        lo, hi = RANGE_DB
+        lo, hi = SUPPRESSION_RANGE_DB
         if not lo <= db <= hi:
             raise UsageError(f"max_suppression {db} dB: use {lo:g}..{hi:g} dB, e.g. 20")
         if inner.delay % SHIFT:
             raise ValueError(f"delay {inner.delay} is not a whole number of hops")
-        self.inner = inner
+        super().__init__(inner)
         self.db = db
-        self.channels = inner.channels
-        self.delay = inner.delay
-        self.label = inner.label
-        self.runtime = inner.runtime
-        self.input_hop = inner.input_hop
-        self.stages = getattr(inner, "stages", (inner,))  # the engines inside, first stage first
         self._ring = np.zeros((inner.delay // SHIFT, SHIFT), np.float32)
         self._rows = tuple(self._ring)
         self._gain = np.full(SHIFT, 10.0 ** (-db / 20.0), np.float32)
         self._turn = 0
         self._hop = inner.process_hop
-
-    @property
-    def nonfinite(self) -> int:
-        return self.inner.nonfinite
-
-    @property
-    def resets(self) -> int:
-        return self.inner.resets
 
     def process_hop(self, mic: np.ndarray, far: Optional[np.ndarray], out: np.ndarray) -> None:
         self._hop(mic, far, out)
@@ -66,6 +49,3 @@ class SuppressionLimit:
         self.inner.reset()
         self._ring.fill(0.0)
         self._turn = 0
-
-    def close(self) -> None:
-        self.inner.close()

@@ -52,8 +52,8 @@ def reference_loop(models: Path, name: str, mic: np.ndarray, far: np.ndarray | N
         mag_in = _by(in1, lambda d: len(d["shape"]) == 3)
         est_in = _by(in2, lambda d: len(d["shape"]) == 3)
     masked_magnitude = name.startswith("pidtln2")  # model 1 outputs |X|*mask there
-    s1 = np.zeros([d["shape"] for d in in1 if d["index"] == st1_in][0], np.float32)
-    s2 = np.zeros([d["shape"] for d in in2 if d["index"] == st2_in][0], np.float32)
+    s1 = np.zeros(next(d["shape"] for d in in1 if d["index"] == st1_in), np.float32)
+    s2 = np.zeros(next(d["shape"] for d in in2 if d["index"] == st2_in), np.float32)
     in_buf = np.zeros(512, np.float32)
     lpb_buf = np.zeros(512, np.float32)
     out_buf = np.zeros(512, np.float32)

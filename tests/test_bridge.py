@@ -236,6 +236,10 @@ def test_lost_time_is_counted_as_gaps():
     late = regular.copy()
     late[1000:1004] = late[1004]
     assert run(16000, period, late).gaps == 0
+    # Every callback 15 ms late for 0.3 s (a hog: one whole window), then on time again: the data came, late.
+    held = regular.copy()
+    held[990:1030] += 0.015
+    assert run(16000, period, held).gaps == 0
     # The device 0.3 % slow against the system clock: drift, not loss.
     assert run(16000, period, regular * 1.003).gaps == 0
     # Three 200 ms stalls whose audio never comes (the process was stopped).

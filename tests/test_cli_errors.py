@@ -15,11 +15,10 @@ from typing import Callable
 import numpy as np
 import pytest
 import soundfile as sf
+from audio_util import dtlnd, read
 
 from dtlnd.errors import ModelError
 from dtlnd.runtime import load_runtime
-
-from audio_util import dtlnd, read
 
 AIRCON = "airconditioning.wav"
 MIC = "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk_mic.wav"
@@ -141,11 +140,11 @@ CASES = {
     "aec+ns without reference": Case(64, "far-end reference", lambda t, a, m: [a / AIRCON, "--mode", "aec+ns"]),
     "channel out of range": Case(64, "--channel 3 is out of range", lambda t, a, m: [a / AIRCON, "--channel", "3"]),
     "ref-channel out of range": Case(64, "--ref-channel 2 is out of range",
-                                     lambda t, a, m: _two_channels(t, a, m) + ["--ref-channel", "2"]),
+                                     lambda t, a, m: [*_two_channels(t, a, m), "--ref-channel", "2"]),
     "ref-channel out of range in --ref": Case(64, "--ref-channel 1 is out of range", lambda t, a, m: [
         a / MIC, "--mode", "aec", "--ref", a / LPB, "--ref-channel", "1"]),
     "ref-channel is the mic": Case(64, "both pick channel 0",
-                                   lambda t, a, m: _two_channels(t, a, m) + ["--ref-channel", "0"]),
+                                   lambda t, a, m: [*_two_channels(t, a, m), "--ref-channel", "0"]),
     "ref with mode ns": Case(64, "--ref is only used", lambda t, a, m: [a / AIRCON, "--ref", a / LPB]),
     "bad subtype": Case(64, "--subtype NOSUCH", lambda t, a, m: [a / AIRCON, "--subtype", "NOSUCH"]),
     "threads 0": Case(64, "--threads 0", lambda t, a, m: [a / AIRCON, "--threads", "0"]),

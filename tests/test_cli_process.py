@@ -23,12 +23,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from audio_util import dtlnd, read, snr_db
 
 from dtlnd import engine, offline
 from dtlnd.cli import build_parser
 from dtlnd.runtime import installed_runtimes
-
-from audio_util import dtlnd, read, snr_db
 
 AIRCON = "airconditioning.wav"
 MIC = "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk_mic.wav"
@@ -48,8 +47,8 @@ def subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> 
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
-                found.append(path + (name,))
-                found.extend(subcommands(sub, path + (name,)))
+                found.append((*path, name))
+                found.extend(subcommands(sub, (*path, name)))
     return found
 
 
@@ -187,7 +186,7 @@ def test_aec_with_a_reference_file_truncates_to_the_shorter_and_says_so(aec_runs
 
 
 def test_aec_reference_in_a_channel_equals_reference_file(aec_runs):
-    _, outputs, n = aec_runs
+    _, outputs, _n = aec_runs
     ref = read(outputs["ref"])
     assert np.array_equal(read(outputs["two"]), ref)
     assert np.array_equal(read(outputs["swapped"]), ref)

@@ -6,12 +6,11 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from audio_util import read, rms_dbfs, snr_db
+from reference import reference_loop
 
 from dtlnd import dsp, engine
 from dtlnd.runtime import ModelPair
-
-from audio_util import read, rms_dbfs, snr_db
-from reference import reference_loop
 
 FFTS = dsp.fft_backends()
 

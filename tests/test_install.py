@@ -68,6 +68,8 @@ def test_reinstall_keeps_an_edited_config_and_uninstall_leaves_it(staged, models
     assert r.returncode == 0, r.stdout + r.stderr
     assert conf.read_text() == "mode: aec\n"
     assert (staged / "etc/dtlnd/dtlnd.yaml.dist").exists() and "kept your" in r.stdout
+    # mode aec names dtln_aec_128_quant, which this install did not fetch: said, not fatal.
+    assert "dtlnd.yaml does not work yet: " in r.stdout and "dtln_aec_128_quant" in r.stdout, r.stdout
     r = subprocess.run([str(REPO / "install.sh"), "--root", str(staged), "--uninstall"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert conf.read_text() == "mode: aec\n"

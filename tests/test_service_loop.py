@@ -383,3 +383,8 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path):
     assert r.returncode == 69, r.stderr
     assert r.stderr.count("\n") == 1 and "dtlnd[eval]" in r.stderr, r.stderr
     assert not (tmp_path / "run.png").exists()
+
+
+def test_plot_without_measure_is_a_usage_error(tmp_path):
+    r = _run_cli("run", "--plot", str(tmp_path / "run.png"), "--input", "nosuch")
+    assert r.returncode == 64 and "--plot needs --measure" in r.stderr and r.stderr.count("\n") == 1, r.stderr

@@ -35,7 +35,8 @@ def state(pid: int, updated: float, blocks: int = 1234) -> dict:
             "blocks": blocks, "engine": {"mean_ms": 2.0, "p99_ms": 3.0, "max_ms": 4.0, "budget_share": 0.25},
             "xruns": {"input": 0, "output": 2}, "misses": 3, "gaps": 1, "lost_ms": 200.0,
             "latency_ms": {"total": 60.0, "algorithmic": 24.0, "input": 8.0, "buffer": 20.0, "output": 8.0},
-            "extra": {"alignment": {"describe": "align locked: lag 41.0 ms", "applied_ms": 40.0}}, "cpu_percent": 12.5, "rss_kib": 51200}
+            "extra": {"alignment": {"describe": "align locked: lag 41.0 ms", "applied_ms": 40.0}},
+            "cpu_percent": 12.5, "rss_kib": 51200}
 
 
 def test_no_daemon_is_one_line_and_exit_3(tmp_path):

@@ -27,7 +27,8 @@ WORK=/var/tmp/dtlnd-arm64
 MIRROR=http://deb.debian.org/debian
 SHARED="${DTLND_SHARED:-$SRC/../shared}"
 HOST_DTLND="${HOST_DTLND:-}"
-PAIRS="dtln_ns_float dtln_ns_quant"
+# PAIR:RUNTIME; the float pair also in its ONNX form through onnxruntime.
+CHECKS="dtln_ns_float:ai-edge-litert dtln_ns_quant:ai-edge-litert dtln_ns_float:onnxruntime"
 
 fail() { echo "arm64_check: $*" >&2; exit 2; }
 say() { echo "arm64_check: $*"; }
@@ -98,7 +99,7 @@ mkdir -p "$CHECK/wheel" "$CHECK/models" "$CHECK/out"
 say "building the dtlnd wheel"
 "$HOST_PY" -m pip wheel -q --no-deps -w "$CHECK/wheel" "$SRC" >"$WORK/wheel.log" 2>&1 \
     || fail "pip wheel failed: see $WORK/wheel.log"
-for p in $PAIRS; do cp "$SHARED/models/${p}"_[12].tflite "$CHECK/models/"; done
+cp "$SHARED"/models/dtln_ns_{float,quant}_[12].tflite "$SHARED"/models/dtln_ns_float_[12].onnx "$CHECK/models/"
 cp "$SHARED/audio/airconditioning.wav" "$CHECK/in.wav"
 # This machine's CA bundle, so that pip in the root trusts what the host's
 # pip trusts (a proxy with its own CA included).
@@ -118,16 +119,18 @@ in_root /check/venv/bin/python -m pip install --only-binary :all: --find-links /
 say "installed in $(( $(date +%s) - start )) s: $(grep -o 'Successfully installed.*' "$WORK/$SUITE-pip.log" | cut -c 23-)"
 
 status=0
-for p in $PAIRS; do
+for c in $CHECKS; do
+    p="${c%%:*}" rt="${c#*:}"
     start=$(date +%s)
-    in_root /check/venv/bin/dtlnd process /check/in.wav "/check/out/$p.wav" --model "$p" \
-        --model-dir /check/models --subtype FLOAT >"$WORK/$SUITE-$p.log" 2>&1 \
-        || { cat "$WORK/$SUITE-$p.log" >&2; fail "dtlnd process --model $p failed on $SUITE arm64"; }
+    in_root /check/venv/bin/dtlnd process /check/in.wav "/check/out/$p-$rt.wav" --model "$p" --runtime "$rt" \
+        --model-dir /check/models --subtype FLOAT >"$WORK/$SUITE-$p-$rt.log" 2>&1 \
+        || { cat "$WORK/$SUITE-$p-$rt.log" >&2; fail "dtlnd process --model $p --runtime $rt failed on $SUITE arm64"; }
     took=$(( $(date +%s) - start ))
-    "$HOST_DTLND" process "$CHECK/in.wav" "$CHECK/out/$p-x86.wav" --model "$p" --model-dir "$CHECK/models" \
-        --subtype FLOAT >/dev/null 2>&1 || fail "x86 dtlnd process --model $p failed"
+    "$HOST_DTLND" process "$CHECK/in.wav" "$CHECK/out/$p-$rt-x86.wav" --model "$p" --runtime "$rt" \
+        --model-dir "$CHECK/models" --subtype FLOAT >"$WORK/$SUITE-$p-$rt-x86.log" 2>&1 \
+        || { cat "$WORK/$SUITE-$p-$rt-x86.log" >&2; fail "x86 dtlnd process --model $p --runtime $rt failed"; }
     min=60; case "$p" in *quant*) min=20 ;; esac
-    "$HOST_PY" - "$CHECK/out/$p.wav" "$CHECK/out/$p-x86.wav" "$p" "$min" "$SUITE" "$took" <<'EOF' || status=1
+    "$HOST_PY" - "$CHECK/out/$p-$rt.wav" "$CHECK/out/$p-$rt-x86.wav" "$p ($rt)" "$min" "$SUITE" "$took" <<'EOF' || status=1
 import sys
 import numpy as np
 import soundfile as sf

@@ -1,48 +1,35 @@
-"""``dtlnd run --measure --plot FILE.png``: the run's timeline as one picture.
+"""``dtlnd run --measure --plot FILE.png``: the run's timeline as one picture (`dtlnd.plots` draws it).
 
 matplotlib (Agg) comes with the ``dtlnd[eval]`` extra and is imported only
 here, only when ``--plot`` is given.  `check` runs before the daemon starts,
 so a missing extra (exit 69) or an unwritable path (exit 73) fails at once,
-not after an hour of audio; `write` renders to a temporary file beside the
-target and renames it, so no half-written PNG is ever left.
+not after an hour of audio.  The figure and the atomic PNG write are
+`dtlnd.plots`' (shared with ``evaluate --plot``): no half-written PNG is
+ever left.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import importlib.util
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from . import plots
 from .constants import BUDGET_MS
-from .errors import ExtraMissing, OutputError
+from .errors import ExtraMissing
 from .measure import Timeline
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ExtraMissing(f"--plot needs matplotlib ({exc.name or exc} is not installed): "
-                           "pip install 'dtlnd[eval]'") from None
-    return plt
 
 
 def check(path: Path) -> None:
     """Fail now if the plot could not be written at the end of the run."""
-    _pyplot()
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise OutputError(f"--plot {path}: is a folder; give a file name such as run.png")
-    if not folder.is_dir():
-        raise OutputError(f"--plot {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise OutputError(f"--plot {path}: not writable; choose another path")
+    try:
+        found = importlib.util.find_spec("matplotlib") is not None
+    except ValueError:  # in sys.modules as None: made unimportable
+        found = False
+    if not found:
+        raise ExtraMissing("--plot needs matplotlib, which is not installed: pip install 'dtlnd[eval]'")
+    plots.check_writable(path)
 
 
 def _top(values: np.ndarray, floor: float) -> float:
@@ -53,12 +40,10 @@ def _top(values: np.ndarray, floor: float) -> float:
 
 def write(path: Path, timeline: Timeline, title: str) -> None:
     """Engine time, buffer fill, xruns/misses/lost audio and the reference delay on one time axis."""
-    plt = _pyplot()
     c = timeline.columns()
     t = c["seconds"]
     has_delay = bool(np.isfinite(c["ref_delay_ms"]).any())
-    rows = 4 if has_delay else 3
-    fig, axes = plt.subplots(rows, 1, sharex=True, figsize=(10, 2.2 * rows + 0.8), constrained_layout=True)
+    fig, axes = plots.new_figure(4 if has_delay else 3)
     fig.suptitle(f"dtlnd run --measure: {title}")
     ax = axes[0]
     ax.plot(t, c["mean_ms"], label="mean")
@@ -85,19 +70,10 @@ def write(path: Path, timeline: Timeline, title: str) -> None:
     more = twin.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left", fontsize="small")
     if has_delay:
-        axes[3].plot(t, c["ref_delay_ms"], color="tab:purple")
-        axes[3].set_ylabel("reference\ndelay (ms)")
+        axes[3].plot(t, c["ref_delay_ms"], color="tab:purple", marker=".")
+        axes[3].set_ylabel("reference delay\napplied (ms)")
+        axes[3].set_ylim(0, 1.25 * _top(c["ref_delay_ms"], 50.0))
     axes[-1].set_xlabel("time since start (s)")
     for a in axes:
         a.grid(True, alpha=0.3)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        os.unlink(tmp)
-        raise OutputError(f"--plot {path}: cannot write: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
+    plots.save_png(fig, path)
