@@ -46,12 +46,14 @@ from rig import (
     write_raw,
 )
 
+from dtlnd.constants import SHIFT
+
 AIRCON = "airconditioning.wav"
 NEAR_MIC = "DLhjtuwiEkS-68TsUVvW5g_nearend_singletalk_mic.wav"
 NEAR_LPB = "DLhjtuwiEkS-68TsUVvW5g_nearend_singletalk_lpb.wav"
 
 OUT = ("--output", "rig_loop_play", "--output-format", "FLOAT_LE")
-BLOCK = 128
+BLOCK = SHIFT  # one hop: the reader's step and the delay tolerance
 DELAY = {"ns": 384, "aec": 384, "aec+ns": 768}  # the engine's algorithmic delay in samples, per mode
 EDGE = RATE // 10  # the first and last 0.1 s of a run are not compared
 XNNPACK = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
