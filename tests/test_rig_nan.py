@@ -21,7 +21,13 @@ import pytest
 import soundfile as sf
 from audio_util import read, rms_dbfs, snr_db
 from rig import RATE, Recorder, daemon, lag, summary_field, write_raw
-from test_rig_faults import finish, no_leftovers, rig  # noqa: F401  (fixtures, shared with the fault tests)
+from test_rig_faults import finish, no_leftovers, own_rig  # noqa: F401  (fixtures, shared with the fault tests)
+
+
+@pytest.fixture
+def rig(own_rig):  # noqa: F811  (the imported fixture, taken as an argument)
+    """A fresh rig per test, as the fault tests use (a stopped or starved JACK client can wedge a shared one)."""
+    return own_rig
 
 MODEL = "dtln_ns_float"
 NEAR_MIC = "DLhjtuwiEkS-68TsUVvW5g_nearend_singletalk_mic.wav"
@@ -48,7 +54,7 @@ def burst(audio_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
 
 
 @pytest.mark.parametrize("fmt", ["FLOAT_LE", "S16_LE"])
-def test_a_nan_inf_burst_is_zeroed_counted_and_the_sound_comes_back(rig, burst, tmp_path, fmt):  # noqa: F811
+def test_a_nan_inf_burst_is_zeroed_counted_and_the_sound_comes_back(rig, burst, tmp_path, fmt):
     raw, ref = burst
     rec = Recorder(rig, tmp_path / "loop.raw")
     time.sleep(0.3)

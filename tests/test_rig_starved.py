@@ -29,7 +29,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rig import RATE, Proc, daemon, write_raw
-from test_rig_faults import finish, no_leftovers, rig  # noqa: F401  (fixtures, shared with the fault tests)
+from test_rig_faults import finish, no_leftovers, own_rig  # noqa: F401  (fixtures, shared with the fault tests)
+
+
+@pytest.fixture
+def rig(own_rig):  # noqa: F811  (the imported fixture, taken as an argument)
+    """A fresh rig per test, as the fault tests use (a stopped or starved JACK client can wedge a shared one)."""
+    return own_rig
 
 MODE, MODEL = "aec+ns", "dtln_aec_256_quant"  # the slowest chain: a block takes a good share of 8 ms
 HOG_PRIORITY = 40  # above the audio threads' (20 by default, 37 where the test sets it)
@@ -107,7 +113,7 @@ def assert_named(stdout: str, counts: dict[str, int]) -> None:
             assert words.format(counts[key]) in result, f"{key} {counts[key]} not named:\n{stdout}"
 
 
-def test_a_starved_daemon_counts_late_blocks_and_fails(rig, tmp_path):  # noqa: F811
+def test_a_starved_daemon_counts_late_blocks_and_fails(rig, tmp_path):
     """The whole daemon starved in bursts: late blocks, and whatever else it cost, named."""
     require_fifo()
     d = daemon(rig, "--input", "rig_file_aec_in", "--mode", MODE, "--model", MODEL, "--output", "rig_loop_play",
@@ -143,7 +149,7 @@ STARVED = {
 
 
 @pytest.mark.parametrize("case", list(STARVED))
-def test_one_starved_callback_is_counted_and_named(rig, tmp_path, case):  # noqa: F811
+def test_one_starved_callback_is_counted_and_named(rig, tmp_path, case):
     """Only one stream callback's thread starved: the input (writer) is xruns, deadline misses and lost
     audio; the output (reader) is output underflows and dropped blocks, over a second a re-centring.
 
