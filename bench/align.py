@@ -26,9 +26,9 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dtlnd import align, delayline, engine
+from dtlnd.constants import RATE
 from dtlnd.offline import enhance
 
-RATE = 16000
 TAKE = "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk"
 LEADS = (-40, -10, 0, 5, 8, 10, 15, 20, 25, 30, 40, 50, 60, 80, 100, 120, 150, 200, 250, 300)
 

@@ -108,6 +108,7 @@ class ClockBridge:
         self._home0: Optional[float] = None
         self.mean_fill = self.fast_fill = float(self.target)
         self.fill_seen = float(self.target)  # the last read's fill, corrected for the writer's phase
+        self.mean_ahead = 0.0  # the mean of that correction
         self._settled = 0.0  # 16 kHz samples read since priming, up to ``_settle``
         self._settle_sum = 0.0
         self._settle_reads = 0
@@ -184,6 +185,7 @@ class ClockBridge:
             # callback of a cycle runs first, which flips at random on one clock.
             ahead = min(self.block, max(0, (now - self._t_write) * RATE // 1_000_000_000))
             self.fill_seen = fill + ahead
+            self.mean_ahead += self._alpha * (ahead - self.mean_ahead)
             self._track(self.fill_seen, n * self._step)
         step = self._step * self.ratio
         pos = self.read_pos
@@ -336,5 +338,11 @@ class ClockBridge:
 
     @property
     def latency_samples(self) -> float:
-        """Mean delay through the ring, in 16 kHz samples."""
-        return self.mean_fill
+        """Mean delay through the ring, in 16 kHz samples.
+
+        The samples held at a read, without the phase correction the
+        control uses: the time since the last write is already in the
+        input side's one-period figure (the end-to-end delay on the rig,
+        cross-correlated, agrees with this one).
+        """
+        return self.mean_fill - self.mean_ahead

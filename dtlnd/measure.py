@@ -123,7 +123,9 @@ class Snapshot:
             (self.xruns, f"xruns (input overflow {self.input_overflows}, output underflow {self.output_underflows})"),
             (self.gaps, f"lost audio ({self.lost_ms:.0f} ms in {self.gaps} gaps)"),
             (self.missed, f"deadline misses {self.missed}"),
-            (self.resyncs, f"buffer re-centred {self.resyncs} times{self._blocks_moved()}"),
+            # Whole blocks dropped or repeated are audio lost or doubled, re-centring or not.
+            (self.resyncs + self.dropped + self.inserted,
+             f"buffer re-centred {self.resyncs} times{self._blocks_moved()}"),
             (self.late, f"late blocks {self.late}"),
             (self.callback_errors, f"callback errors {self.callback_errors}"),
             (self.nonfinite, f"non-finite input samples {self.nonfinite}"),

@@ -6,8 +6,8 @@ import numpy as np
 from audio_util import read, rms_dbfs
 
 from dtlnd import align
+from dtlnd.constants import RATE
 
-RATE = 16000
 FAR = "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk"
 NEAR = "DLhjtuwiEkS-68TsUVvW5g_nearend_singletalk"
 ms = align.ms_to_samples

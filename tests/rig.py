@@ -32,7 +32,8 @@ from typing import Optional
 import numpy as np
 import pytest
 
-RATE = 16000
+from dtlnd.constants import RATE
+
 REQUIRED_TOOLS = ("jackd", "jack_load", "jack_wait", "arecord", "aplay")
 
 PROBE_PCM = """

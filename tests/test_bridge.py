@@ -14,8 +14,9 @@ from audio_util import read
 
 from dtlnd import engine
 from dtlnd.bridge import ClockBridge
+from dtlnd.constants import SHIFT
 
-BLOCK = 128
+BLOCK = SHIFT
 TARGET = 2 * BLOCK + BLOCK // 2  # what AudioPipeline uses with buffer_blocks: 2
 
 

@@ -8,8 +8,8 @@ libportaudio2; without them the tests skip, or fail when
 DTLND_REQUIRE_AUDIO_RIG=1 (CI).
 
 What is checked: the streamed output equals ``dtlnd process`` sample for
-sample (NS float and AEC quantized: bit-exact); the delay ``--measure``
-reports is the one a cross-correlation finds; loopback consumers may come
+sample (NS float, AEC quantized and aec+ns: bit-exact); the delay ``--measure``
+reports (aec+ns: both stages', 48 ms algorithmic) is the one a cross-correlation finds; loopback consumers may come
 and go; systemd notify, SIGTERM, SIGHUP; device loss; bad settings fail
 in one line.
 """
@@ -30,17 +30,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from audio_util import read, rms_dbfs, snr_db
-from rig import (RATE, NotifySocket, Proc, Recorder, Rig, daemon, kill_leftovers, lag, play, require_rig, sound_runs,
-                 write_raw)
+from rig import (
+    RATE,
+    NotifySocket,
+    Proc,
+    Recorder,
+    Rig,
+    daemon,
+    kill_leftovers,
+    lag,
+    play,
+    require_rig,
+    sound_runs,
+    write_raw,
+)
+
+from dtlnd.constants import SHIFT
 
 AIRCON = "airconditioning.wav"
 NEAR_MIC = "DLhjtuwiEkS-68TsUVvW5g_nearend_singletalk_mic.wav"
 NEAR_LPB = "DLhjtuwiEkS-68TsUVvW5g_nearend_singletalk_lpb.wav"
 
 OUT = ("--output", "rig_loop_play", "--output-format", "FLOAT_LE")
-BLOCK = 128
+BLOCK = SHIFT  # one hop: the reader's step and the delay tolerance
+DELAY = {"ns": 384, "aec": 384, "aec+ns": 768}  # the engine's algorithmic delay in samples, per mode
 EDGE = RATE // 10  # the first and last 0.1 s of a run are not compared
 XNNPACK = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
 
@@ -98,12 +112,18 @@ def stop(d: Proc, timeout: float = 10.0) -> int:
         return d.wait(timeout)
     except subprocess.TimeoutExpired:
         d.kill()
-        raise AssertionError(f"dtlnd did not stop within {timeout} s of SIGTERM; stderr:\n{d.stderr}")
+        raise AssertionError(f"dtlnd did not stop within {timeout} s of SIGTERM; stderr:\n{d.stderr}") from None
 
 
 def summary_latency(stdout: str) -> float:
     m = re.search(r"^\s+latency: ([\d.]+) ms = ", stdout, re.MULTILINE)
     assert m, f"no latency in the --measure summary:\n{stdout}"
+    return float(m.group(1))
+
+
+def summary_algorithmic(stdout: str) -> float:
+    m = re.search(r"^\s+latency: [\d.]+ ms = ([\d.]+) algorithmic", stdout, re.MULTILINE)
+    assert m, f"no algorithmic delay in the --measure summary:\n{stdout}"
     return float(m.group(1))
 
 
@@ -126,6 +146,7 @@ def _aec_input(audio_dir: Path, tmp: Path) -> tuple[Path, np.ndarray]:
 @pytest.mark.parametrize("mode, model, pcm", [
     ("ns", "dtln_ns_float", "rig_file_mic_in"),
     ("aec", "dtln_aec_128_quant", "rig_file_aec_in"),
+    ("aec+ns", "dtln_aec_128_quant", "rig_file_aec_in"),
 ])
 def test_stream_is_sample_exact(rig, audio_dir, tmp_path, mode, model, pcm):
     """File-fed input from frame 0: the loopback carries exactly what ``dtlnd process`` writes.
@@ -134,7 +155,8 @@ def test_stream_is_sample_exact(rig, audio_dir, tmp_path, mode, model, pcm):
     so even the quantized AEC pair is bit-exact (asserted), not just close.
     The daemon keeps the engine's delay and ``process`` removes it: the
     cross-correlation absorbs that, and the lag is checked to be the
-    stream start plus less than 1024 samples.
+    output's first sound plus the algorithmic delay ``--measure`` reports,
+    less under one hop.
     """
     if mode == "ns":
         wav = audio_dir / AIRCON
@@ -142,7 +164,7 @@ def test_stream_is_sample_exact(rig, audio_dir, tmp_path, mode, model, pcm):
     else:
         wav, x = _aec_input(audio_dir, tmp_path)
     # Longer than the run: past its end the file PCM would read silence.
-    raw = write_raw(tmp_path / "in.raw", np.concatenate([x, np.zeros((RATE * 4,) + x.shape[1:], np.float32)]))
+    raw = write_raw(tmp_path / "in.raw", np.concatenate([x, np.zeros((RATE * 4, *x.shape[1:]), np.float32)]))
     offline = tmp_path / "offline.wav"
     r = dtlnd("process", wav, offline, "--mode", mode, "--model", model, "--subtype", "FLOAT", env=rig.env)
     assert r.returncode == 0, r.stderr
@@ -168,6 +190,12 @@ def test_stream_is_sample_exact(rig, audio_dir, tmp_path, mode, model, pcm):
     assert end - start > 3 * RATE, f"daemon output lasts only {(end - start) / RATE:.2f} s"
     d_lag = lag(y, ref)
     assert 0 <= d_lag - start < 1024, f"lag {d_lag} for output starting at {start}"
+    # The reported algorithmic delay (aec+ns: both stages', 768 samples) is the lag past the output's
+    # first sound, which comes within one hop before the delay is up (a misreport by a hop fails).
+    algorithmic = summary_algorithmic(d.stdout)
+    assert algorithmic == 1000.0 * DELAY[mode] / RATE, d.stdout
+    lead = d_lag - start - DELAY[mode]
+    assert -BLOCK < lead <= 0, f"lag {d_lag} = output start {start} + {d_lag - start}, reported {DELAY[mode]}"
     lo, hi = max(start, d_lag) + EDGE, min(end, d_lag + len(ref)) - EDGE
     assert hi - lo > 2 * RATE
     got, want = y[lo:hi], ref[lo - d_lag:hi - d_lag]
@@ -179,14 +207,18 @@ def test_stream_is_sample_exact(rig, audio_dir, tmp_path, mode, model, pcm):
 # -- 3: the delay --measure reports is the real one --------------------------------------
 
 
-def test_measured_delay_matches_cross_correlation(rig, audio_dir, tmp_path):
+@pytest.mark.parametrize("mode, model, pcm", [
+    ("ns", "dtln_ns_float", "rig_mic_in"),
+    ("aec+ns", "dtln_aec_128_quant", "rig_aec_in"),  # 24 ms more algorithmic delay: a second stage
+])
+def test_measured_delay_matches_cross_correlation(rig, audio_dir, tmp_path, mode, model, pcm):
     """Live input: ``aplay`` -> mic bus -> daemon -> loopback, both buses recorded in one JACK cycle."""
     mic, lpb = read(audio_dir / NEAR_MIC), read(audio_dir / NEAR_LPB)
     n = 4 * RATE
     src = tmp_path / "src.wav"
     sf.write(src, np.stack([mic[:n], lpb[:n]], axis=1), RATE, subtype="FLOAT")
     for attempt in (1, 2):
-        d = daemon(rig, "--input", "rig_mic_in", "--model", "dtln_ns_float", *OUT, "--measure")
+        d = daemon(rig, "--input", pcm, "--mode", mode, "--model", model, *OUT, "--measure")
         d.wait_for("audio flowing")
         rec = Recorder(rig, tmp_path / f"probe{attempt}.raw", pcm="probe_mic_loop", channels=2)
         time.sleep(0.2)
@@ -201,6 +233,7 @@ def test_measured_delay_matches_cross_correlation(rig, audio_dir, tmp_path):
     reported = summary_latency(d.stdout)
     assert rms_dbfs(x[:, 0]) > -50 and rms_dbfs(x[:, 1]) > -60, "the probe recorded no speech"
     found = 1000.0 * lag(x[:, 1], x[:, 0], max_lag=RATE // 2) / RATE
+    print(f"{mode}: end-to-end delay by cross-correlation {found:.1f} ms, --measure reports {reported:.1f} ms")
     assert abs(found - reported) <= 1000.0 * BLOCK / RATE, \
         f"cross-correlation {found:.1f} ms, --measure {reported:.1f} ms"
 
@@ -422,7 +455,7 @@ def test_sighup_reloads_the_config(rig, speech_raw, notify_socket, tmp_path):
     assert "keeping the running configuration" in err and "invalid YAML" in err, err
     time.sleep(1.2)
     assert d.p.poll() is None, d.stderr
-    t, status = ns.wait_for("STATUS=", after=t_hup + 0.1, timeout=3)
+    _t, status = ns.wait_for("STATUS=", after=t_hup + 0.1, timeout=3)
     assert status.startswith("STATUS=ns dtln_ns_float:"), status
     assert ns.times("WATCHDOG=1", t_hup + 0.5), "WATCHDOG stopped after a failed reload"
     assert _loop_has_sound(rig, tmp_path / "kept.raw") > -60

@@ -13,8 +13,8 @@ import soundfile as sf
 from audio_util import dtlnd, read, snr_db
 
 from dtlnd import engine
+from dtlnd.constants import RATE
 
-RATE = 16000
 BURST = slice(5 * RATE, 5 * RATE + RATE // 10)  # 100 ms in the middle of the file
 AFTER = 7 * RATE  # two seconds after the burst
 TAKE = "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk"
