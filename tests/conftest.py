@@ -27,3 +27,12 @@ def models_dir() -> Path:
 @pytest.fixture(scope="session")
 def audio_dir() -> Path:
     return AUDIO
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    """No process a test started through tests/rig.py outlives it (it would hold the rig's PCMs)."""
+    yield
+    from rig import kill_leftovers
+
+    kill_leftovers()

@@ -105,6 +105,13 @@ class Rig:
     def stop(self) -> None:
         self._script("stop", 40)
 
+    def __enter__(self) -> Rig:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     @property
     def jackd_pid(self) -> int:
         return int((self.run_dir / "jackd.pid").read_text())

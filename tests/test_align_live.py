@@ -222,8 +222,6 @@ def test_worker_thread_aligns_and_ends_with_its_processor(aec, farend):
     aec.reset()
 
 
-
-
 def test_aec_ns_chain_uses_the_same_alignment(models_dir, farend):
     mic, lpb = farend
     chain = engine.build("aec+ns", model_dir=models_dir)

@@ -21,25 +21,15 @@ import numpy as np
 import pytest
 from align_util import FAR, settled, shifted
 from audio_util import read, rms_dbfs
-from rig import RATE, NotifySocket, Recorder, Rig, daemon, kill_leftovers, require_rig, sound_runs, write_raw
+from rig import RATE, NotifySocket, Recorder, Rig, daemon, require_rig, sound_runs, write_raw
 
 OUT = ("--output", "rig_loop_play", "--output-format", "FLOAT_LE")
 
 
 @pytest.fixture(scope="module")
 def rig(audio_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    r = Rig(require_rig(audio_dir.parent), tmp_path_factory.mktemp("rig"), "al")
-    r.start()
-    try:
+    with Rig(require_rig(audio_dir.parent), tmp_path_factory.mktemp("rig"), "al") as r:
         yield r
-    finally:
-        r.stop()
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers():
-    yield
-    kill_leftovers()
 
 
 @pytest.fixture

@@ -38,7 +38,6 @@ from rig import (
     Recorder,
     Rig,
     daemon,
-    kill_leftovers,
     lag,
     play,
     require_rig,
@@ -70,18 +69,8 @@ def rig_folder(audio_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def rig(rig_folder: Path, tmp_path_factory: pytest.TempPathFactory):
     """One jackd for the session, under a server name no other run uses."""
-    r = Rig(rig_folder, tmp_path_factory.mktemp("rig"), "s")
-    r.start()
-    try:
+    with Rig(rig_folder, tmp_path_factory.mktemp("rig"), "s") as r:
         yield r
-    finally:
-        r.stop()
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers():
-    yield
-    kill_leftovers()
 
 
 @pytest.fixture(scope="session")

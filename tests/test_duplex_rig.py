@@ -28,7 +28,6 @@ from test_daemon_rig import (
     NEAR_LPB,
     NEAR_MIC,
     dtlnd,
-    no_leftovers,  # noqa: F401  (the autouse fixture: no process outlives a test)
     run_env,
     stop,
     summary_latency,

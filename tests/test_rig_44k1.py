@@ -10,18 +10,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pytest
 import soundfile as sf
 import soxr
 from audio_util import read, snr_db
-from rig import Recorder, Rig, daemon, kill_leftovers, lag, require_rig, write_raw
+from rig import Recorder, Rig, daemon, lag, require_rig, write_raw
 from test_rig_48k import NEAR_MIC, offline
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers():
-    yield
-    kill_leftovers()
 
 
 def test_ns_at_44k1_both_ways_through_soxr(audio_dir, tmp_path):

@@ -22,7 +22,7 @@ import pytest
 import soundfile as sf
 import soxr
 from audio_util import read, snr_db
-from rig import Recorder, Rig, daemon, kill_leftovers, lag, require_rig, write_raw
+from rig import Recorder, Rig, daemon, lag, require_rig, write_raw
 
 NEAR_MIC = "DLhjtuwiEkS-68TsUVvW5g_nearend_singletalk_mic.wav"
 NEAR_LPB = "DLhjtuwiEkS-68TsUVvW5g_nearend_singletalk_lpb.wav"
@@ -31,18 +31,8 @@ HI = 48000
 
 @pytest.fixture(scope="module")
 def rig48(audio_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    r = Rig(require_rig(audio_dir.parent), tmp_path_factory.mktemp("rig48"), "48k", rate=HI, period=384)
-    r.start()
-    try:
+    with Rig(require_rig(audio_dir.parent), tmp_path_factory.mktemp("rig48"), "48k", rate=HI, period=384) as r:
         yield r
-    finally:
-        r.stop()
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers():
-    yield
-    kill_leftovers()
 
 
 def run_48k(rig: Rig, tmp: Path, x16: np.ndarray, seconds: float, *args: str) -> tuple[int, str, np.ndarray]:

@@ -54,12 +54,6 @@ def own_rig(audio_dir: Path, tmp_path: Path):
         r.stop()
 
 
-@pytest.fixture(autouse=True)
-def no_leftovers():
-    yield
-    kill_leftovers()
-
-
 @pytest.fixture(scope="module")
 def speech(audio_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
     """54 s of distinct recordings with a little noise (no exact zeros) as raw input, and ``process``'s output.

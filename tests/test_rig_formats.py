@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from audio_util import read
-from rig import RATE, Recorder, Rig, daemon, exact_at, kill_leftovers, require_rig, write_raw
+from rig import RATE, Recorder, Rig, daemon, exact_at, require_rig, write_raw
 
 NEAR_MIC = "DLhjtuwiEkS-68TsUVvW5g_nearend_singletalk_mic.wav"
 NEAR_LPB = "DLhjtuwiEkS-68TsUVvW5g_nearend_singletalk_lpb.wav"
@@ -46,17 +46,8 @@ pcm.rig_file_6ch_in {
 def rig(audio_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     r = Rig(require_rig(audio_dir.parent), tmp_path_factory.mktemp("rig"), "fmt")
     r.alsa_conf.write_text(r.alsa_conf.read_text() + SIX)
-    r.start()
-    try:
+    with r:
         yield r
-    finally:
-        r.stop()
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers():
-    yield
-    kill_leftovers()
 
 
 def offline(rig: Rig, wav: Path, out: Path, *args: str) -> np.ndarray:

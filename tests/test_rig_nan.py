@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 from audio_util import read, rms_dbfs, snr_db
 from rig import RATE, Recorder, daemon, lag, summary_field, write_raw
-from test_rig_faults import finish, no_leftovers, own_rig  # noqa: F401  (fixtures, shared with the fault tests)
+from test_rig_faults import finish, own_rig  # noqa: F401  (own_rig: a fixture, shared with the fault tests)
 
 
 @pytest.fixture

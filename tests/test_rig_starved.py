@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rig import RATE, Proc, daemon, write_raw
-from test_rig_faults import finish, no_leftovers, own_rig  # noqa: F401  (fixtures, shared with the fault tests)
+from test_rig_faults import finish, own_rig  # noqa: F401  (own_rig: a fixture, shared with the fault tests)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from audio_util import rms_dbfs
 from rig import RATE, Recorder, Rig, daemon, require_rig, summary_field, write_raw
-from test_rig_faults import finish, no_leftovers  # noqa: F401  (fixture, shared with the fault tests)
+from test_rig_faults import finish
 
 
 def test_a_stopped_jackd_is_a_lost_stream_in_the_summary(audio_dir: Path, tmp_path: Path) -> None:

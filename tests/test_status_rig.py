@@ -20,11 +20,10 @@ import numpy as np
 import pytest
 from audio_util import read, snr_db
 from rig import RATE, Recorder, daemon, lag, sound_runs, write_raw
-from test_daemon_rig import (  # noqa: F401 (no_leftovers, rig, rig_folder, speech_raw: fixtures)
+from test_daemon_rig import (  # noqa: F401 (rig, rig_folder, speech_raw: fixtures)
     AIRCON,
     EDGE,
     OUT,
-    no_leftovers,
     rig,
     rig_folder,
     run_env,
