@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn, Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence
 
-from . import __version__, config
+from . import __version__, config, logs
 from .constants import FFT_BACKENDS, LOG_LEVELS, MODEL_FORMATS, RUNTIMES
 from .errors import ConfigError, DtlndError, UsageError
 
@@ -413,30 +412,10 @@ def _cmd_models_verify(args: argparse.Namespace) -> int:
     return 1
 
 
-class _JournalFormatter(logging.Formatter):
-    """``<N>message``: journald reads the priority from the prefix."""
-
-    PRIORITY: ClassVar[dict[str, int]] = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"<{self.PRIORITY.get(record.levelname, 6)}>{record.getMessage()}"
-
-
-def _setup_logging(level: Optional[str]) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(_JournalFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("dtlnd: %(levelname)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel((level or "info").upper())
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    logs.setup(args.log_level)
     if args.command is None:
         args = parser.parse_args(["run", *(["--log-level", args.log_level] if args.log_level else [])])
     try:
