@@ -31,3 +31,12 @@ def dtlnd(*args: object) -> subprocess.CompletedProcess:
     """Run the real command line, ``python -m dtlnd ARGS``."""
     return subprocess.run([sys.executable, "-m", "dtlnd", *map(str, args)], capture_output=True, text=True,
                           env=dict(os.environ), timeout=120)
+
+
+def hop_output(proc, mic: np.ndarray, far=None) -> np.ndarray:
+    """``proc.process_hop`` over every whole 128-sample hop of ``mic`` (and ``far``), as the audio path calls it."""
+    out = np.zeros(len(mic) // 128 * 128, np.float32)
+    for k in range(len(out) // 128):
+        s = slice(k * 128, (k + 1) * 128)
+        proc.process_hop(mic[s], None if far is None else far[s], out[s])
+    return out

@@ -6,7 +6,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from audio_util import read, rms_dbfs, snr_db
+from audio_util import hop_output, read, rms_dbfs, snr_db
 from reference import reference_loop
 
 from dtlnd import dsp, engine
@@ -18,14 +18,6 @@ FFTS = dsp.fft_backends()
 def test_both_fft_backends_are_installed():
     # CI installs pyfftw; without it half of the tests below would test one path twice.
     assert FFTS == ["pyfftw", "numpy"]
-
-
-def hop_output(proc, mic, far=None):
-    out = np.zeros(len(mic) // 128 * 128, np.float32)
-    for k in range(len(out) // 128):
-        s = slice(k * 128, (k + 1) * 128)
-        proc.process_hop(mic[s], None if far is None else far[s], out[s])
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-from audio_util import dtlnd, read, snr_db
+from audio_util import dtlnd, hop_output, read, snr_db
 
 from dtlnd import engine
 from dtlnd.constants import RATE
@@ -18,14 +18,6 @@ from dtlnd.constants import RATE
 BURST = slice(5 * RATE, 5 * RATE + RATE // 10)  # 100 ms in the middle of the file
 AFTER = 7 * RATE  # two seconds after the burst
 TAKE = "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk"
-
-
-def hops(proc, mic, far=None):
-    out = np.zeros(len(mic) // 128 * 128, np.float32)
-    for k in range(len(out) // 128):
-        s = slice(k * 128, (k + 1) * 128)
-        proc.process_hop(mic[s], None if far is None else far[s], out[s])
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +59,11 @@ def test_nonfinite_samples_are_zeroed_and_counted(models_dir, signals, mode):
     zeroed_far[BURST][1::4] = 0.0
     far = lpb if mode == "aec" else None
     proc = engine.build(mode, model_dir=models_dir)
-    out = hops(proc, mic, far)
+    out = hop_output(proc, mic, far)
     assert proc.nonfinite == 800 + (400 if mode == "aec" else 0)
     assert proc.resets == 0  # the models never saw them
     proc.reset()
-    assert np.array_equal(out, hops(proc, zeroed_mic, zeroed_far if far is not None else None))
+    assert np.array_equal(out, hop_output(proc, zeroed_mic, zeroed_far if far is not None else None))
 
 
 def _poison_at(proc, stage, hop, mic, far):
@@ -91,7 +83,7 @@ def test_a_poisoned_state_resets_only_its_stage(models_dir, signals, mode, poiso
     far = None if mode == "ns" else lpb
     proc = engine.build(mode, model_dir=models_dir)
     stages = getattr(proc, "stages", (proc,))
-    ref = hops(proc, mic, far)
+    ref = hop_output(proc, mic, far)
     proc.reset()
     out = _poison_at(proc, stages[poisoned], BURST.start // 128, mic, far)
     assert np.isfinite(out).all()
@@ -105,12 +97,12 @@ def test_a_poisoned_state_resets_only_its_stage(models_dir, signals, mode, poiso
 def test_over_range_input_is_processed_and_bounded(models_dir, signals):
     mic, _ = signals
     proc = engine.build("ns", model_dir=models_dir)
-    ref = hops(proc, mic)
+    ref = hop_output(proc, mic)
     loud = mic.copy()
     loud[BURST] *= 1e4  # +80 dB: far beyond full scale, still finite
     loud[BURST.stop:BURST.stop + 1600] = 1e30
     proc.reset()
-    out = hops(proc, loud)
+    out = hop_output(proc, loud)
     assert np.isfinite(out).all()
     assert np.abs(out).max() <= engine.OUT_PEAK
     # Nothing was non-finite, so nothing was reset: the LSTM states carry the
@@ -120,6 +112,6 @@ def test_over_range_input_is_processed_and_bounded(models_dir, signals):
     # Moderately over-range input (x4) is simply processed: no reset, no clipping needed.
     proc.reset()
     resets = proc.resets
-    out4 = hops(proc, 4 * mic)
+    out4 = hop_output(proc, 4 * mic)
     assert proc.resets == resets and np.isfinite(out4).all()
     assert 10 <= 20 * np.log10(np.abs(out4).max() / np.abs(ref).max()) <= 14  # about 4x (+12 dB) louder

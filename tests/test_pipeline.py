@@ -7,21 +7,13 @@ import threading
 
 import numpy as np
 import pytest
-from audio_util import dtlnd, read, rms_dbfs
+from audio_util import dtlnd, hop_output, read, rms_dbfs
 from test_engine import _traced, aec_recording
 
 from dtlnd import engine
 
 TAKE = "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk"
 MODES = ["ns", "aec", "aec+ns"]
-
-
-def hops(proc, mic, far=None):
-    out = np.zeros(len(mic) // 128 * 128, np.float32)
-    for k in range(len(out) // 128):
-        s = slice(k * 128, (k + 1) * 128)
-        proc.process_hop(mic[s], None if far is None else far[s], out[s])
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +35,12 @@ def test_pipelined_output_is_sequential_delayed_one_hop(models_dir, farend, mode
     pipe = engine.build(mode, model, model_dir=models_dir, pipeline=True)
     assert pipe.delay == seq.delay + 128 and pipe.channels == seq.channels
     assert (pipe.label, pipe.runtime) == (seq.label, seq.runtime)
-    a, b = hops(seq, mic, lpb), hops(pipe, mic, lpb)
+    a, b = hop_output(seq, mic, lpb), hop_output(pipe, mic, lpb)
     assert np.all(b[:128] == 0)
     assert np.array_equal(b[128:], a[:-128])
     assert rms_dbfs(a) > -90  # not trivially silent
     pipe.reset()  # waits for the job in flight; the same thread stays
-    assert np.array_equal(hops(pipe, mic, lpb), b)
+    assert np.array_equal(hop_output(pipe, mic, lpb), b)
     pipe.close()
 
 
@@ -145,7 +137,7 @@ def test_max_suppression_is_the_aligned_input_when_models_remove_everything(mode
         limited = engine.build("aec", model_dir=models_dir, pipeline=pipeline, max_suppression=0)
         d = limited.delay
         assert d == plain.delay
-        diff = hops(limited, mic, lpb) - hops(plain, mic, lpb)
+        diff = hop_output(limited, mic, lpb) - hop_output(plain, mic, lpb)
         assert np.allclose(diff[d:], mic[: len(diff) - d], atol=1e-6)
         assert np.all(diff[:d] == 0)
         plain.close()
