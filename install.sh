@@ -243,7 +243,7 @@ if [ $CONFIG_OK = 0 ]; then
     say "installed and enabled, not started: fix $ETC/dtlnd.yaml (dtlnd config check), then: sudo systemctl start dtlnd"
 elif [ $START = 1 ]; then
     systemctl restart dtlnd.service
-    say "started; check it with: dtlnd run --measure --duration 10 (stop the service first) or journalctl -u dtlnd"
+    say "started; check it with: dtlnd status (or journalctl -u dtlnd)"
 else
     say "installed and enabled; start it with: sudo systemctl start dtlnd"
 fi

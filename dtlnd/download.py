@@ -30,7 +30,7 @@ CHUNK = 64 * 1024
 DEFAULT_TIMEOUT = 30.0
 #: Seconds before the first retry; doubles with every further retry.
 DEFAULT_BACKOFF = 1.0
-USER_AGENT = "dtlnd-modelstore"
+USER_AGENT = "dtlnd-model-fetch"
 #: HTTP statuses that say "try again later" rather than "no such file".
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 LFS_POINTER_PREFIX = b"version https://git-lfs"
