@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from audio_util import read, rms_dbfs
 
-from dtlnd import align
+from dtlnd import align, engine
 from dtlnd.constants import RATE
 
 FAR = "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk"
@@ -47,3 +48,19 @@ def settled(y: np.ndarray, limit: float = -60.0, block: float = 0.5) -> float:
     levels = [rms_dbfs(y[i:i + b]) for i in range(0, len(y) - b + 1, b)]
     bad = [i for i, v in enumerate(levels) if v > limit]
     return (bad[-1] + 1) * block if bad else 0.0
+
+# -- fixtures of the alignment tests (import them by name) -------------------------------------
+
+@pytest.fixture(scope="module")
+def farend(audio_dir):
+    return take(audio_dir, FAR)
+
+
+@pytest.fixture(scope="module")
+def nearend(audio_dir):
+    return take(audio_dir, NEAR)
+
+
+@pytest.fixture(scope="module")
+def aec(models_dir):
+    return engine.build("aec", model_dir=models_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +41,16 @@ def hop_output(proc, mic: np.ndarray, far=None) -> np.ndarray:
         s = slice(k * 128, (k + 1) * 128)
         proc.process_hop(mic[s], None if far is None else far[s], out[s])
     return out
+
+
+def traced(run) -> tuple[int, int]:
+    """(bytes kept, peak bytes) while ``run()`` runs."""
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        run()
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return current - base, peak - base

@@ -18,6 +18,9 @@ if not (MODELS / "dtln_ns_float_1.tflite").exists():
 # Everything the tests run, in-process or as a subprocess, finds the models here.
 os.environ["DTLND_MODEL_DIR"] = str(MODELS)
 
+# The alignment tests' recordings and engine (fixtures of tests/align_util.py).
+pytest_plugins = ["align_util"]
+
 
 @pytest.fixture(scope="session")
 def models_dir() -> Path:

@@ -11,27 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from align_util import FAR, NEAR, RATE, ms, settled, shifted, take
+from align_util import RATE, ms, settled, shifted
 from audio_util import dtlnd, read, rms_dbfs
 
 from dtlnd import align, config, engine
 from dtlnd.errors import ConfigError
 from dtlnd.offline import enhance
-
-
-@pytest.fixture(scope="module")
-def farend(audio_dir):
-    return take(audio_dir, FAR)
-
-
-@pytest.fixture(scope="module")
-def nearend(audio_dir):
-    return take(audio_dir, NEAR)
-
-
-@pytest.fixture(scope="module")
-def aec(models_dir):
-    return engine.build("aec", model_dir=models_dir)
 
 
 def offline(aec, mic, far, ref_delay="auto"):

@@ -10,31 +10,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import tracemalloc
 import weakref
 
 import numpy as np
 import pytest
-from align_util import FAR, NEAR, RATE, live, settled, shifted, take
-from audio_util import rms_dbfs
+from align_util import RATE, live, settled, shifted
+from audio_util import rms_dbfs, traced
 
 from dtlnd import delayline, engine
-
-
-@pytest.fixture(scope="module")
-def farend(audio_dir):
-    return take(audio_dir, FAR)
-
-
-@pytest.fixture(scope="module")
-def nearend(audio_dir):
-    return take(audio_dir, NEAR)
-
-
-@pytest.fixture(scope="module")
-def aec(models_dir):
-    return engine.build("aec", model_dir=models_dir)
-
 
 # -- live: the hop path and its estimator ------------------------------------------------------
 
@@ -118,18 +101,6 @@ def test_delay_line_delays_whole_hops_and_crossfades_a_change():
         line.set(11)
 
 
-def _traced(run) -> tuple[int, int]:
-    tracemalloc.start()
-    try:
-        base, _ = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        run()
-        current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return current - base, peak - base
-
-
 def test_feed_and_delay_lines_allocate_nothing_on_the_audio_path(aec, farend):
     """The whole aligned hop, delay changes included, against the same loop around a no-op."""
     mic, lpb = farend
@@ -151,8 +122,8 @@ def test_feed_and_delay_lines_allocate_nothing_on_the_audio_path(aec, farend):
             i = t[0]
 
     noop = lambda m, f, o: None  # noqa: E731
-    loop_kept, loop_peak = map(max, zip(*(_traced(lambda: blocks(noop)) for _ in range(3))))
-    kept, peak = map(min, zip(*(_traced(lambda: blocks(proc.process_hop)) for _ in range(3))))
+    loop_kept, loop_peak = map(max, zip(*(traced(lambda: blocks(noop)) for _ in range(3))))
+    kept, peak = map(min, zip(*(traced(lambda: blocks(proc.process_hop)) for _ in range(3))))
     assert np.any(proc.mic_line.read(0, delayline.SIZE) != 0)  # the feed ran
     assert kept <= loop_kept, f"{kept - loop_kept} bytes kept by the aligned hop path"
     assert peak <= loop_peak, f"{peak - loop_peak} bytes allocated on the aligned hop path"

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
-from audio_util import hop_output, read, rms_dbfs, snr_db
+from audio_util import hop_output, read, rms_dbfs, snr_db, traced
 from reference import reference_loop
 
 from dtlnd import dsp, engine
@@ -137,19 +135,6 @@ def test_ns_removes_noise_and_keeps_speech(models_dir, noisy):
     assert loss_db[loud].mean() <= 3
 
 
-def _traced(run) -> tuple[int, int]:
-    """(bytes kept, peak bytes) while ``run()`` runs."""
-    tracemalloc.start()
-    try:
-        base, _ = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        run()
-        current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return current - base, peak - base
-
-
 @pytest.mark.parametrize("fft", FFTS)
 @pytest.mark.parametrize("mode", ["ns", "aec", "aec+ns"])
 def test_hop_path_allocates_nothing(models_dir, farend, mode, fft):
@@ -169,8 +154,8 @@ def test_hop_path_allocates_nothing(models_dir, farend, mode, fft):
     # the same loop around a no-op is the baseline.
     noop = lambda m, f, o: None  # noqa: E731
     hop = proc.process_hop
-    loop_kept, loop_peak = map(max, zip(*(_traced(lambda: blocks(noop)) for _ in range(3))))
-    kept, peak = map(min, zip(*(_traced(lambda: blocks(hop)) for _ in range(3))))
+    loop_kept, loop_peak = map(max, zip(*(traced(lambda: blocks(noop)) for _ in range(3))))
+    kept, peak = map(min, zip(*(traced(lambda: blocks(hop)) for _ in range(3))))
     if fft == "pyfftw":
         assert kept <= loop_kept, f"{kept - loop_kept} bytes kept by the hop path"
         assert peak <= loop_peak, f"{peak - loop_peak} bytes allocated on the hop path"

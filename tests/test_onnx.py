@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_engine import _traced
+from audio_util import traced
 
 from dtlnd import engine
 from dtlnd.errors import ModelError
@@ -110,8 +110,8 @@ def test_onnx_hop_path_allocates_nothing(models_dir, audio_dir):
             step(m, None, out)
 
     noop = lambda m, f, o: None  # noqa: E731
-    loop_kept, loop_peak = map(max, zip(*(_traced(lambda: blocks(noop)) for _ in range(3))))
-    kept, peak = map(min, zip(*(_traced(lambda: blocks(proc.process_hop)) for _ in range(3))))
+    loop_kept, loop_peak = map(max, zip(*(traced(lambda: blocks(noop)) for _ in range(3))))
+    kept, peak = map(min, zip(*(traced(lambda: blocks(proc.process_hop)) for _ in range(3))))
     assert kept <= loop_kept, f"{kept - loop_kept} bytes kept by the ONNX hop path"
     assert peak <= loop_peak, f"{peak - loop_peak} bytes allocated on the ONNX hop path"
 
