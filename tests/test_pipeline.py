@@ -7,8 +7,8 @@ import threading
 
 import numpy as np
 import pytest
-from audio_util import dtlnd, hop_output, read, rms_dbfs
-from test_engine import _traced, aec_recording
+from audio_util import dtlnd, hop_output, read, rms_dbfs, traced
+from test_engine import aec_recording
 
 from dtlnd import engine
 
@@ -90,8 +90,8 @@ def test_pipelined_hop_allocates_nothing(models_dir, farend, mode, limit):
             step(m, f, out)
 
     noop = lambda m, f, o: None  # noqa: E731
-    loop_kept, loop_peak = map(max, zip(*(_traced(lambda: blocks(noop)) for _ in range(3))))
-    kept, peak = map(min, zip(*(_traced(lambda: blocks(proc.process_hop)) for _ in range(3))))
+    loop_kept, loop_peak = map(max, zip(*(traced(lambda: blocks(noop)) for _ in range(3))))
+    kept, peak = map(min, zip(*(traced(lambda: blocks(proc.process_hop)) for _ in range(3))))
     proc.close()
     assert kept <= loop_kept, f"{kept - loop_kept} bytes kept"
     # tracemalloc sees both threads; with a second thread parked in a lock
