@@ -10,11 +10,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import soundfile as sf
 import soxr
 from audio_util import read, snr_db
 from rig import Recorder, Rig, daemon, lag, require_rig, write_raw
-from test_rig_48k import NEAR_MIC, offline
+from test_rig_48k import NEAR_MIC, process
 
 
 def test_ns_at_44k1_both_ways_through_soxr(audio_dir, tmp_path):
@@ -23,9 +22,7 @@ def test_ns_at_44k1_both_ways_through_soxr(audio_dir, tmp_path):
     rig.start()
     try:
         x = read(audio_dir / NEAR_MIC)
-        wav = tmp_path / "in.wav"
-        sf.write(wav, x, 16000, subtype="FLOAT")
-        ref = offline(rig, wav, tmp_path / "off.wav", "--model", "dtln_ns_float")
+        ref = process(rig, x, tmp_path, "in", "--model", "dtln_ns_float")
         x44 = soxr.resample(x, 16000, 44100).astype(np.float32)
         raw = write_raw(tmp_path / "in44.raw", np.concatenate([x44, np.zeros(44100 * 6, np.float32)]))
         rec = Recorder(rig, tmp_path / "loop.raw")

@@ -107,18 +107,20 @@ def decimated(x48: np.ndarray, phase: int) -> np.ndarray:
     return out
 
 
+def process(rig: Rig, x16: np.ndarray, tmp: Path, name: str, *args: str) -> np.ndarray:
+    """``dtlnd process`` output (float) for ``x16``."""
+    wav, out = tmp / f"{name}.wav", tmp / f"{name}_out.wav"
+    sf.write(wav, x16, 16000, subtype="FLOAT")
+    r = subprocess.run([sys.executable, "-m", "dtlnd", "process", str(wav), str(out), "--subtype", "FLOAT", *args],
+                       capture_output=True, text=True, env=rig.env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return read(out)
+
+
 def offline(rig: Rig, x16: np.ndarray, tmp: Path, *args: str) -> list[np.ndarray]:
     """``dtlnd process`` output for each of the three phases at which the daemon may decimate ``to_48k(x16)``."""
     x48 = to_48k(x16.reshape(len(x16), -1))
-    refs = []
-    for phase in range(3):
-        wav, out = tmp / f"phase{phase}.wav", tmp / f"phase{phase}_out.wav"
-        sf.write(wav, decimated(x48, phase), 16000, subtype="FLOAT")
-        r = subprocess.run([sys.executable, "-m", "dtlnd", "process", str(wav), str(out), "--subtype", "FLOAT",
-                            *args], capture_output=True, text=True, env=rig.env, timeout=120)
-        assert r.returncode == 0, r.stderr
-        refs.append(read(out))
-    return refs
+    return [process(rig, decimated(x48, phase), tmp, f"phase{phase}", *args) for phase in range(3)]
 
 
 def test_ns_at_48k_is_clean_and_carries_the_offline_output(rig48, audio_dir, tmp_path):
