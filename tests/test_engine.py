@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from audio_util import hop_output, read, rms_dbfs, snr_db, traced
@@ -16,6 +19,17 @@ FFTS = dsp.fft_backends()
 def test_both_fft_backends_are_installed():
     # CI installs pyfftw; without it half of the tests below would test one path twice.
     assert FFTS == ["pyfftw", "numpy"]
+
+
+def test_pyfftw_comes_without_scipy():
+    """pyfftw's SciPy interfaces (20 MB resident) stay out of the daemon; SciPy itself still imports after."""
+    code = ("import importlib.util, sys; import dtlnd.dsp as d, dtlnd.service; "
+            "print(d.pyfftw is not None, sorted(m for m in sys.modules if m.split('.')[0] == 'scipy')); "
+            "has = importlib.util.find_spec('scipy') is not None; "
+            "fft = importlib.import_module('scipy.fft') if has else None; "
+            "print(fft is None or float(fft.rfft([1.0, 2.0])[0].real) == 3.0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.split("\n")[:2] == ["True []", "True"], r.stdout
 
 
 @pytest.fixture(scope="module")
