@@ -38,7 +38,7 @@ from .watch import Backoff, StallWatch
 
 log = logging.getLogger("dtlnd")
 
-TICK = 0.05  # supervisor period, seconds
+TICK = 0.25  # supervisor period, seconds: stall watch, watchdog, gc; streams that end wake it at once
 
 
 class State(enum.Enum):

@@ -60,3 +60,13 @@ def test_no_folder_is_one_output_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(OutputError, match="a part of the folder path is a file"):
         offline.write_atomic(tmp_path / "file" / "out.wav", np.zeros(160, np.float32), "WAV", "PCM_16")
+
+
+def test_named_mode_and_no_fsync_still_replace_whole(tmp_path: Path, umask_027: int) -> None:
+    dest = tmp_path / "status.json"
+    dest.write_bytes(b"old")
+    with atomic.atomic_write(dest, mode=0o644, durable=False) as f:
+        f.write(b"new")
+        assert dest.read_bytes() == b"old"
+    assert dest.read_bytes() == b"new" and dest.stat().st_mode & 0o777 == 0o644
+    assert list(tmp_path.iterdir()) == [dest]

@@ -16,6 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dtlnd import status
@@ -150,3 +151,16 @@ def test_cpu_percent_follows_work():
     print(f"\nidle {idle:.1f}%, busy {busy:.1f}%")
     # A spinning thread gets a whole CPU on an idle machine, less on a loaded one.
     assert idle < 30 and busy > idle + 10 and busy <= 110
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
+def test_cached_rss_agrees_with_the_full_reading():
+    """The report's cheap figure (statm less the JACK share read a minute ago) is the full reading's."""
+    usage = status.ProcessUsage()
+    cached, full = usage.rss_cached(), status.ProcessUsage.rss_kib()
+    assert cached is not None and full is not None
+    assert abs(cached - full) < 2048, (cached, full)
+    grown = np.ones(8 << 20, np.uint8)  # 8 MiB more, touched: the statm part follows at once
+    again = usage.rss_cached()
+    assert again is not None and again - cached >= 7 << 10, (cached, again)
+    del grown
