@@ -8,6 +8,9 @@ so the output callback is never held up by it.  A block that is not ready
 when the output needs it is played as silence and counted (the bridge's
 deadline policy).
 
+Both streams come from `dtlnd.streams`: the callbacks get arrays made when
+the stream opens and PortAudio's status flags as an int.
+
 Callback duties (what the two callbacks do, and all they do):
 
 * The input callback counts PortAudio's overflow flag, checks the stream
@@ -25,7 +28,7 @@ Callback duties (what the two callbacks do, and all they do):
   allocate no array: every buffer is made in ``__init__`` and numpy writes
   into it with ``out=`` (tests/test_rt_alloc.py counts numpy buffers at
   every C call).  They still make small Python objects: the column views
-  of PortAudio's ``indata`` and ints from the clock.  Any other input rate
+  of ``indata`` and ints from the clock.  Any other input rate
   goes through soxr and the any-size engine path, which allocate per
   call, and so does the output of any other rate (soxr behind a FIFO,
   `dtlnd.resample.OutputFifo`).
@@ -51,6 +54,7 @@ from .engine import BlockStream
 from .errors import DeviceError
 from .hop import HopProcessor
 from .measure import BlockStats, Latency
+from .streams import INPUT_OVERFLOW, OUTPUT_UNDERFLOW, open_stream
 
 log = logging.getLogger("dtlnd")
 
@@ -210,16 +214,15 @@ class AudioPipeline:
         sd = devices.sd()
         s = self.settings
         try:
-            self.input_stream = sd.InputStream(
-                device=self.in_dev.index, samplerate=self.in_rate, channels=n_in, dtype="float32",
-                blocksize=in_block, latency=s.latency, callback=self._input_callback,
-                finished_callback=on_finished)
+            self.input_stream = open_stream(
+                "input", self._input_callback, device=self.in_dev.index, samplerate=self.in_rate, channels=n_in,
+                dtype="float32", blocksize=in_block, latency=s.latency, finished_callback=on_finished)
         except sd.PortAudioError as exc:
             raise devices.open_error("input", self.in_dev, exc) from None
         try:
-            self.output_stream = sd.OutputStream(
-                device=self.out_dev.index, samplerate=self.out_rate, channels=s.output.channels, dtype=dtype,
-                blocksize=out_block, latency=s.latency, callback=self._output_callback,
+            self.output_stream = open_stream(
+                "output", self._output_callback, device=self.out_dev.index, samplerate=self.out_rate,
+                channels=s.output.channels, dtype=dtype, blocksize=out_block, latency=s.latency,
                 finished_callback=on_finished)
         except sd.PortAudioError as exc:
             self.input_stream.close()
@@ -236,10 +239,10 @@ class AudioPipeline:
         self._rt[side] = True
         self.rt_results.append(_set_realtime(self._rt_priority))
 
-    def _input_callback(self, indata: np.ndarray, frames: int, t, status) -> None:
+    def _input_callback(self, indata: np.ndarray, frames: int, t: None, status: int) -> None:
         stats = self.stats
         try:
-            if status.input_overflow:
+            if status & INPUT_OVERFLOW:
                 stats.input_overflows += 1
             if not self._rt["input"]:
                 self._realtime("input")
@@ -277,10 +280,10 @@ class AudioPipeline:
         if len(mic):
             self.bridge.write(self._stream_in.process(mic, far))
 
-    def _output_callback(self, outdata: np.ndarray, frames: int, t, status) -> None:
+    def _output_callback(self, outdata: np.ndarray, frames: int, t: None, status: int) -> None:
         stats = self.stats
         try:
-            if status.output_underflow:
+            if status & OUTPUT_UNDERFLOW:
                 stats.output_underflows += 1
             if not self._rt["output"]:
                 self._realtime("output")

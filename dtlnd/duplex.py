@@ -35,6 +35,7 @@ from .constants import RATE, SHIFT
 from .engine import HopProcessor
 from .errors import ConfigError
 from .measure import BlockStats
+from .streams import open_stream
 
 log = logging.getLogger("dtlnd")
 
@@ -105,16 +106,16 @@ class DuplexPipeline(AudioPipeline):
         sd = devices.sd()
         s = self.settings
         try:
-            stream = sd.Stream(
-                device=(self.in_dev.index, self.out_dev.index), samplerate=self.in_rate,
-                channels=(n_in, s.output.channels), dtype=("float32", dtype), blocksize=in_block,
-                latency=s.latency, callback=self._duplex_callback, finished_callback=on_finished)
+            stream = open_stream(
+                "duplex", self._duplex_callback, device=(self.in_dev.index, self.out_dev.index),
+                samplerate=self.in_rate, channels=(n_in, s.output.channels), dtype=("float32", dtype),
+                blocksize=in_block, latency=s.latency, finished_callback=on_finished)
         except sd.PortAudioError as exc:
             raise devices.open_error("input", self.in_dev, exc) from None
         self.input_stream = self.output_stream = stream
         self._starts = (("input", self.in_dev, stream),)
 
-    def _duplex_callback(self, indata: np.ndarray, outdata: np.ndarray, frames: int, t, status) -> None:
+    def _duplex_callback(self, indata: np.ndarray, outdata: np.ndarray, frames: int, t: None, status: int) -> None:
         """The parent's two callbacks, in order: each catches and counts its own errors."""
         self._input_callback(indata, frames, t, status)
         self._output_callback(outdata, frames, t, status)

@@ -144,7 +144,6 @@ ALLOC = r"""
 import sys
 import numpy as np
 from rtcheck import temporaries
-import sounddevice as sd
 from dtlnd import config, engine
 from dtlnd.duplex import DuplexPipeline
 from dtlnd.measure import BlockStats
@@ -159,7 +158,7 @@ dtype = {"S16_LE": np.int16, "FLOAT_LE": np.float32}[fmt]
 rng = np.random.default_rng(0)
 ins = [rng.standard_normal((f, 2)).astype(np.float32) * 0.1 for _ in range(8)]
 outs = [np.zeros((f, 1), dtype) for _ in range(8)]
-flags = sd.CallbackFlags()
+flags = 0  # no PortAudio status flag (dtlnd.streams passes them as an int)
 k = [0]
 def one():
     i = k[0] = k[0] + 1

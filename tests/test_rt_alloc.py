@@ -25,7 +25,6 @@ SCRIPT = r"""
 import sys
 import numpy as np
 from rtcheck import temporaries
-import sounddevice as sd
 from dtlnd import config, engine
 from dtlnd.audio import AudioPipeline
 from dtlnd.measure import BlockStats
@@ -40,7 +39,7 @@ dtype = {"S16_LE": np.int16, "S32_LE": np.int32, "FLOAT_LE": np.float32}[fmt]
 rng = np.random.default_rng(0)
 ins = [rng.standard_normal((fi, n_in)).astype(np.float32) * 0.1 for _ in range(8)]
 outs = [np.zeros((fo, 1), dtype) for _ in range(8)]
-flags = sd.CallbackFlags()
+flags = 0  # no PortAudio status flag (dtlnd.streams passes them as an int)
 def run(n):
     for i in range(n):
         p._input_callback(ins[i % 8], fi, None, flags)

@@ -1,0 +1,95 @@
+"""PortAudio streams whose callbacks work in arrays made once.
+
+`sounddevice.InputStream` and friends wrap every callback in Python: a
+NumPy array made over PortAudio's buffer, a `CallbackFlags` object and a
+frame of ``_wrap_callback``, each call.  At one callback every 8 ms, with
+the caches cold between them, that cost about 35 us per callback here,
+more than the clock bridge's whole read.  `open_stream` uses
+sounddevice's documented extension point instead (`sounddevice._StreamBase`
+with a CFFI function pointer as callback): the C callback copies the input
+into an array made when the stream opens, calls the Python callback with
+it, and copies the output array into PortAudio's buffer (``ffi.memmove``:
+one C call each way, no object made).
+
+The Python callback's duties are the ones `dtlnd.audio` states; here it
+gets ``(indata, frames, time, status)`` (output: ``outdata``; duplex: both),
+like sounddevice's, except that ``time`` is None and ``status`` is
+PortAudio's ``PaStreamCallbackFlags`` as an int (`INPUT_OVERFLOW`,
+`OUTPUT_UNDERFLOW`).  The arrays are the same on every call: read
+``indata`` and fill ``outdata`` before returning, keep no reference to
+either.  A callback that raises, or a call with another frame count than
+``blocksize`` (PortAudio never makes one for a fixed block size), aborts
+the stream: its ``finished_callback`` runs, and the supervisor reopens it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from . import devices
+
+INPUT_OVERFLOW = 0x2  # paInputOverflow
+OUTPUT_UNDERFLOW = 0x4  # paOutputUnderflow
+_CONTINUE, _ABORT = 0, 2  # paContinue, paAbort
+
+
+def open_stream(kind: str, callback: Callable[..., None], *, device: Any, samplerate: int, channels: Any,
+                dtype: Any, blocksize: int, latency: Any,
+                finished_callback: Optional[Callable[[], None]] = None) -> Any:
+    """Open a stopped ``kind`` ("input", "output" or "duplex") stream; sounddevice's parameters.
+
+    For "duplex", ``device``, ``channels`` and ``dtype`` are (input, output)
+    pairs.  Raises `sounddevice.PortAudioError` as sounddevice does.
+    """
+    sd = devices.sd()
+    ffi = sd._ffi
+    pairs = kind == "duplex"
+    in_ch, out_ch = channels if pairs else ((channels, 0) if kind == "input" else (0, channels))
+    in_type, out_type = dtype if pairs else ((dtype, None) if kind == "input" else (None, dtype))
+    indata = np.zeros((blocksize, in_ch), in_type) if in_ch else None
+    outdata = np.zeros((blocksize, out_ch), out_type) if out_ch else None
+    memmove = ffi.memmove
+    null = ffi.NULL
+    if indata is not None and outdata is not None:
+        in_buf, in_bytes = ffi.from_buffer(indata), indata.nbytes
+        out_buf, out_bytes = ffi.from_buffer(outdata), outdata.nbytes
+
+        def c_callback(iptr: Any, optr: Any, frames: int, _time: Any, status: int, _user: Any) -> int:
+            if frames != blocksize:
+                return _ABORT
+            if iptr == null:
+                indata.fill(0)
+            else:
+                memmove(in_buf, iptr, in_bytes)
+            callback(indata, outdata, frames, None, status)
+            memmove(optr, out_buf, out_bytes)
+            return _CONTINUE
+    elif indata is not None:
+        in_buf, in_bytes = ffi.from_buffer(indata), indata.nbytes
+
+        def c_callback(iptr: Any, optr: Any, frames: int, _time: Any, status: int, _user: Any) -> int:
+            if frames != blocksize:
+                return _ABORT
+            memmove(in_buf, iptr, in_bytes)
+            callback(indata, frames, None, status)
+            return _CONTINUE
+    else:
+        assert outdata is not None
+        out_buf, out_bytes = ffi.from_buffer(outdata), outdata.nbytes
+
+        def c_callback(iptr: Any, optr: Any, frames: int, _time: Any, status: int, _user: Any) -> int:
+            if frames != blocksize:
+                return _ABORT
+            callback(outdata, frames, None, status)
+            memmove(optr, out_buf, out_bytes)
+            return _CONTINUE
+
+    pointer = ffi.callback("PaStreamCallback", c_callback, error=_ABORT)
+    stream = sd._StreamBase(kind, samplerate=samplerate, blocksize=blocksize, device=device, channels=channels,
+                            dtype=dtype, latency=latency, callback=pointer, finished_callback=finished_callback,
+                            wrap_callback=None)
+    # sounddevice keeps only a cast of the pointer: the callback object and its arrays live with the stream.
+    stream._dtlnd_callback = (pointer, indata, outdata)
+    return stream
