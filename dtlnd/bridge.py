@@ -287,6 +287,10 @@ class ClockBridge:
 
     def _copy(self, out: np.ndarray, start: int, w: int) -> None:
         n = len(out)
+        at = start % self.capacity
+        if at + n <= self.capacity and start + n <= w:  # the usual read: one slice of the ring, all written
+            np.copyto(out, self._buf[at:at + n])
+            return
         idx = self._idx[:n]
         np.add(self._ramp[:n], start, out=self._pos[:n])
         np.copyto(idx, self._pos[:n], casting="unsafe")
