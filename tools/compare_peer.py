@@ -4,7 +4,7 @@ Usage, from the repository root:
 
     python tools/compare_peer.py --peer /path/to/PiDTLN [--configs ns,aec128,aec256]
         [--runs 3] [--seconds 20] [--warmup 3] [--dtlnd-args "ARGS" | "CONFIG:ARGS"]...
-        [--json [FILE]] [--shared DIR]
+        [--variant "NAME:ARGS"]... [--json [FILE]] [--shared DIR]
 
 The peer's scripts run unchanged from its checkout (nothing of it is copied
 here), with ``--latency 0.024`` (its lowest-latency setting) and the rig's
@@ -23,7 +23,11 @@ Configurations (peer script vs ``dtlnd run``):
 
 ``--dtlnd-args "--buffer-blocks 1"`` goes to every dtlnd run,
 ``--dtlnd-args "aec256:--pipeline"`` to that configuration's only; repeat it.
-``--peer-args`` does the same for the peer's scripts.  Note: with pyfftw
+``--peer-args`` does the same for the peer's scripts.  ``--variant
+"shared:--clock shared"`` adds a dtlnd variant with those flags to every
+run's alternation (peer, dtlnd, shared, peer, dtlnd, shared, ...) and a
+column to the table; ``--variant "pipelined:aec256:--pipeline"`` adds one
+for that configuration only.  Note: with pyfftw
 installed (its default), the peer's ``aec.py`` builds its output from the
 reference's spectrum, not the microphone's: its second ``rfft()`` call
 returns the same pyfftw output array as the first and overwrites it
@@ -108,15 +112,15 @@ def prepare(peer: Path, models: Path, configs: list[str]) -> Path:
     return work
 
 
-def run_one(kind: str, cfg: dict, rig: rt.Rig, ctx: argparse.Namespace) -> dict:
-    """Start one program, measure one window, stop it; its figures."""
+def run_one(kind: str, cfg: dict, rig: rt.Rig, ctx: argparse.Namespace, variant: tuple[str, ...] = ()) -> dict:
+    """Start one program (``variant``: more dtlnd flags), measure one window, stop it; its figures."""
     if kind == "peer":
         cmd = [sys.executable, str(ctx.peer / cfg["script"]), *cfg["peer"], "--latency", LATENCY, *cfg["peer_extra"]]
         env = rig.with_env(PYTHONPATH=str(ctx.work / "shim"), PYTHONUNBUFFERED="1")
         proc = rt.Proc(cmd, env, cwd=ctx.work)
         ready = r"^#{20}"
     else:
-        cmd = rt.dtlnd_cmd(cfg["mode"], cfg["model"], ctx.models, cfg["extra"], None)
+        cmd = rt.dtlnd_cmd(cfg["mode"], cfg["model"], ctx.models, [*cfg["extra"], *variant], None)
         proc = rt.Proc(cmd, rt.dtlnd_env(rig))
         ready = r"^\[\s*[\d.]+ s\]"
     rt.wait_started(proc, ready, "out")
@@ -172,17 +176,23 @@ def medians(rows: list[dict]) -> dict:
 
 
 def table(results: dict, runs: int, seconds: float) -> str:
+    """One row per configuration and metric; a value and a ratio to the peer per dtlnd program that ran."""
+    programs = list(dict.fromkeys(k for res in results.values() for k in res if k != "peer"))
+    head = "".join(f" {k} | {k} / peer |" for k in programs)
     lines = [f"medians of {runs} alternating runs of {seconds:g} s each; glitches summed over the runs", "",
-             "| config | metric | peer | dtlnd | dtlnd / peer |", "| --- | --- | --- | --- | --- |"]
+             f"| config | metric | peer |{head}", "| --- | --- | --- |" + " --- | --- |" * len(programs)]
     names = {"cpu_s_per_s": ("CPU s per audio s", "{:.3f}"), "rss_mb": ("RSS without JACK shm, MB", "{:.1f}"),
              "pss_mb": ("PSS without JACK shm, MB", "{:.1f}"), "delay_ms": ("delay mic -> loopback, ms", "{:.1f}")}
     for c, res in results.items():
-        p, d = res["peer"], res["dtlnd"]
+        p = res["peer"]
         for m, (label, f) in names.items():
-            ratio = d[m] / p[m] if p[m] else float("nan")
-            lines.append(f"| {c} | {label} | {f.format(p[m])} | {f.format(d[m])} | {ratio:.2f} |")
+            cells = "".join(f" {f.format(res[k][m])} | {res[k][m] / p[m] if p[m] else float('nan'):.2f} |"
+                            if k in res else " | |" for k in programs)
+            lines.append(f"| {c} | {label} | {f.format(p[m])} |{cells}")
+        glitches = "".join(f" {res[k]['xruns']} / {res[k]['dropouts']} / {res[k]['delay_steps']} | |"
+                           if k in res else " | |" for k in programs)
         lines.append(f"| {c} | glitches: xruns / dropouts / delay steps | {p['xruns']} / {p['dropouts']} / "
-                     f"{p['delay_steps']} | {d['xruns']} / {d['dropouts']} / {d['delay_steps']} | |")
+                     f"{p['delay_steps']} |{glitches}")
     return "\n".join(lines)
 
 
@@ -210,6 +220,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="extra dtlnd run arguments, for every config or for CONFIG only; repeatable")
     ap.add_argument("--peer-args", action="append", default=[], metavar="[CONFIG:]ARGS",
                     help="extra arguments for the peer's script, e.g. \"aec128:--no-fftw\"; repeatable")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:[CONFIG:]ARGS",
+                    help="one more dtlnd program in every alternation, with these flags (for CONFIG only); "
+                    "repeatable")
     ap.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write the runs and medians as JSON "
                     "(to stdout without FILE; the table then goes to stderr)")
     ap.add_argument("--shared", help="the shared folder (models/, audio/, alsa-rig/)")
@@ -226,6 +239,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     a.peer = a.peer.resolve()
     extra = parse_extra(a.dtlnd_args, configs)
     peer_extra = parse_extra(a.peer_args, configs)
+    variants: dict[str, dict[str, list[str]]] = {}
+    for v in a.variant:
+        name, sep, rest = v.partition(":")
+        if not sep or not name or name in ("peer", "dtlnd"):
+            ap.error(f"--variant {v!r}: give NAME:ARGS, NAME neither peer nor dtlnd")
+        one, scope = parse_extra([rest], configs), rest.partition(":")[0]
+        variants[name] = {c: one[c] for c in configs if scope not in CONFIGS or c == scope}
     report = sys.stderr if a.json == "-" else sys.stdout
     load0 = rt.loadavg()
     print(f"compare_peer: {', '.join(configs)}; load average {load0}", file=report, flush=True)
@@ -235,13 +255,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         for c in configs:
             cfg = dict(CONFIGS[c], extra=extra[c], peer_extra=peer_extra[c])
+            programs = [("peer", ()), ("dtlnd", ())] + [(n, tuple(v[c])) for n, v in variants.items() if c in v]
             for i in range(a.runs):
-                for kind in ("peer", "dtlnd"):
+                for name, flags in programs:
                     wait_clients_gone(rig)
-                    r = run_one(kind, cfg, rig, a)
-                    r.update(config=c, run=i + 1)
+                    r = run_one("peer" if name == "peer" else "dtlnd", cfg, rig, a, flags)
+                    r.update(config=c, run=i + 1, program=name)
                     rows.append(r)
-                    print(f"{c} run {i + 1} {kind:5}: cpu {r['cpu_s_per_s']:.3f} s/s, rss {r['rss_mb']:.1f} MB, "
+                    print(f"{c} run {i + 1} {name:5}: cpu {r['cpu_s_per_s']:.3f} s/s, rss {r['rss_mb']:.1f} MB, "
                           f"pss {r['pss_mb']:.1f} MB, delay {r['delay_ms']:.1f} ms, xruns {r['xruns']}, dropouts "
                           f"{r['probe']['dropouts']}, steps {r['probe']['delay_steps']}, exit {r['exit']}",
                           file=report, flush=True)
@@ -249,7 +270,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         player.stop()
         rig.stop()
     results = {c: {k: medians([r for r in rows if r["config"] == c and r["program"] == k])
-                   for k in ("peer", "dtlnd")} for c in configs}
+                   for k in dict.fromkeys(r["program"] for r in rows if r["config"] == c)} for c in configs}
     load1 = rt.loadavg()
     print("\n" + table(results, a.runs, a.seconds), file=report)
     print(f"\nload average: {load0} at the start, {load1} at the end (2 vCPUs shared with other jobs)", file=report)
