@@ -419,11 +419,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         args = parser.parse_args(["run", *(["--log-level", args.log_level] if args.log_level else [])])
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
     except DtlndError as exc:
         message = f"{exc.what}; {_REMEDIES[exc.remedy]}" if exc.remedy in _REMEDIES else str(exc)
         for line in message.splitlines() or [type(exc).__name__]:
             print(f"dtlnd: error: {line}", file=sys.stderr)
-        return exc.exit_status
+        status = exc.exit_status
     except KeyboardInterrupt:
-        return 130
+        status = 130
+    if "dtlnd.devices" in sys.modules:  # only a command that opened audio can have left a close blocked
+        sys.modules["dtlnd.devices"].exit_now_if_wedged(status)
+    return status

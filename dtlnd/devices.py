@@ -10,8 +10,11 @@ are mapped to card numbers through /proc/asound (or the listed card name).
 from __future__ import annotations
 
 import atexit
+import contextlib
+import logging
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -98,6 +101,25 @@ def wedged() -> None:
     if not _wedged:
         _wedged = True
         atexit.unregister(sd()._exit_handler)
+
+
+def exit_now_if_wedged(status: int) -> None:
+    """After a close that blocked in the driver, end the process at once with ``status``.
+
+    That close is still blocked in its helper thread, inside libjack or
+    ALSA.  The interpreter's shutdown and the C libraries' exit handlers
+    would run beside it and tear the JACK client down under it: the
+    process then died of SIGSEGV (on the rig, after SIGSTOPs with two
+    consumers).  So the logs and stdout are flushed and the process ends
+    with ``os._exit``; nothing is left to write by then.
+    """
+    if not _wedged:
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status)
 
 
 @dataclass(frozen=True)
