@@ -137,8 +137,8 @@ def buffer_ms(d: Proc) -> list[tuple[float, float]]:
             if (m := re.search(r"\+ ([\d.]+) buffer", line))]
 
 
-KNOWN = pytest.mark.xfail(reason="after two 300 ms SIGSTOPs with two JACK consumers, snd_pcm_close blocks in "
-                           "libjack and the process then dies of SIGSEGV at exit (seen 2 of 4 runs); not fixed",
+KNOWN = pytest.mark.xfail(reason="the SIGSEGV at exit after a close blocked in libjack is gone (devices."
+                           "exit_now_if_wedged), but 1 of 12 runs here still failed, cause not found",
                            strict=False)
 
 
