@@ -427,6 +427,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         status = exc.exit_status
     except KeyboardInterrupt:
         status = 130
-    if "dtlnd.devices" in sys.modules:  # only a command that opened audio can have left a close blocked
-        sys.modules["dtlnd.devices"].exit_now_if_wedged(status)
+    from .devices import exit_now_if_wedged  # light: sounddevice itself loads on first use only
+
+    exit_now_if_wedged(status)
     return status

@@ -3,8 +3,8 @@
 `sounddevice.InputStream` and friends wrap every callback in Python: a
 NumPy array made over PortAudio's buffer, a `CallbackFlags` object and a
 frame of ``_wrap_callback``, each call.  At one callback every 8 ms, with
-the caches cold between them, that cost about 35 us per callback here,
-more than the clock bridge's whole read.  `open_stream` uses
+the caches cold between them, that cost 15-35 us per callback here, about
+as much as the clock bridge's whole read.  `open_stream` uses
 sounddevice's documented extension point instead (`sounddevice._StreamBase`
 with a CFFI function pointer as callback): the C callback copies the input
 into an array made when the stream opens, calls the Python callback with
