@@ -9,8 +9,7 @@ to be in place before it starts.
 
 The extra PCM ``probe_mic_loop`` captures the microphone bus and the
 loopback in the same JACK cycle: one ``arecord`` of it gives the
-end-to-end delay by cross-correlation.  ``consumer_loop_rec`` is a second
-loopback consumer under a JACK client name of its own.
+end-to-end delay by cross-correlation.
 """
 
 from __future__ import annotations
@@ -37,21 +36,16 @@ from dtlnd.constants import RATE
 
 REQUIRED_TOOLS = ("jackd", "jack_load", "jack_wait", "arecord", "aplay")
 LATE_CLIENT = re.compile(r"JackEngine::XRun: client = (\S+) was not finished")
+CLOCK_SLIP = "JackTimedDriver::Process XRun"
 
-TEST_PCMS = """
+PROBE_PCM = """
 pcm.probe_mic_loop {
     type jack
     name "probe_mic_loop"
     align_psize false
     capture_ports { 0 "mic_bus:output" 1 "aloop:output" }
 }
-pcm.consumer_loop_rec {
-    type jack
-    name "loop_consumer"
-    capture_ports { 0 "aloop:output" }
-}
 """
-DAEMON_CLIENTS = ("rig_aec_in", "rig_mic_in", "rig_file_aec_in", "rig_file_mic_in", "rig_loop_play", "rig_duplex")
 
 
 def rig_dir(shared: Path) -> Path:
@@ -83,8 +77,8 @@ class Rig:
         self.server = f"dtlnd_{label}_{uuid.uuid4().hex[:8]}"
         self.run_dir = root / "rig"
         self.alsa_conf = root / "asoundrc.test"
-        # The rig's PCMs plus the tests' own; asoundrc.rig itself pulls in alsa.conf.
-        self.alsa_conf.write_text(f"<{folder / 'asoundrc.rig'}>\n{TEST_PCMS}")
+        # The rig's PCMs plus the probe; asoundrc.rig itself pulls in alsa.conf.
+        self.alsa_conf.write_text(f"<{folder / 'asoundrc.rig'}>\n{PROBE_PCM}")
         base = dict(os.environ, RIG_JACK_SERVER=self.server, RIG_RUN_DIR=str(self.run_dir), RIG_RATE=str(rate),
                     RIG_PERIOD=str(period))
         self._script_env = base
@@ -128,15 +122,26 @@ class Rig:
         """Where jackd's log ends now: pass it to `late_clients` later."""
         return (self.run_dir / "jackd.log").stat().st_size
 
-    def late_clients(self, since: int = 0) -> list[str]:
-        """The JACK clients jackd found unfinished at the end of a cycle, from byte ``since`` of its log.
+    def late_clients(self, since: int = 0, until: Optional[int] = None) -> list[str]:
+        """The JACK clients jackd found unfinished at the end of a cycle, in bytes ``since:until`` of its log.
 
         In JACK2's asynchronous mode a late client's ports skip or repeat that cycle, so its audio is
         damaged although no ALSA call reports an xrun.  Without real-time scheduling (a container) a
         CPU hog makes this happen now and then, to the daemon's client or to a test's ``arecord``.
         """
-        text = (self.run_dir / "jackd.log").read_bytes()[since:].decode(errors="replace")
-        return LATE_CLIENT.findall(text)
+        return LATE_CLIENT.findall(self._log(since, until))
+
+    def clock_slips(self, since: int = 0, until: Optional[int] = None) -> int:
+        """How often the dummy driver woke too late for a cycle, in bytes ``since:until`` of jackd's log.
+
+        It then starts its timeline afresh from that late moment (JackTimedDriver::ProcessWait), so the
+        rig's clock falls behind the system's by the lateness: time without samples, which the daemon
+        rightly counts as a gap.
+        """
+        return self._log(since, until).count(CLOCK_SLIP)
+
+    def _log(self, since: int, until: Optional[int]) -> str:
+        return (self.run_dir / "jackd.log").read_bytes()[since:until].decode(errors="replace")
 
     def with_env(self, **extra: str) -> dict[str, str]:
         return dict(self.env, **extra)
@@ -240,13 +245,20 @@ def daemon(rig: Rig, *args: object, env: Optional[dict[str, str]] = None, cwd: O
 class Recorder:
     """``arecord`` of a rig PCM into a raw float32 file; `stop` returns the samples (frames x channels)."""
 
-    def __init__(self, rig: Rig, path: Path, pcm: str = "rig_loop_rec", channels: int = 1) -> None:
+    def __init__(self, rig: Rig, path: Path, pcm: str = "rig_loop_rec", channels: int = 1,
+                 period_us: Optional[int] = None) -> None:
+        """``period_us``: arecord's period, so that `frames` lags the loopback by about that much at most."""
         self.path, self.channels = path, channels
         self.started = time.monotonic()
+        period = ["-F", str(period_us)] if period_us else []
         self.p = subprocess.Popen(["arecord", "-q", "-D", pcm, "-f", "FLOAT_LE", "-r", str(rig.rate), "-c",
-                                   str(channels), "-t", "raw", str(path)], env=rig.env,
+                                   str(channels), *period, "-t", "raw", str(path)], env=rig.env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         _started.append(self.p)
+
+    def frames(self) -> int:
+        """How many frames are in the file so far."""
+        return self.path.stat().st_size // (4 * self.channels) if self.path.exists() else 0
 
     def samples(self) -> np.ndarray:
         x = np.fromfile(self.path, "<f4")

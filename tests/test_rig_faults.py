@@ -3,10 +3,11 @@
 SIGSTOP stops the whole daemon (its JACK client threads too), so the input
 time it sleeps through never arrives and PortAudio flags nothing: only the
 daemon's own clock check (``LostTime``) can tell.  A CPU hog and a stopped
-loopback consumer must cost nothing at all.  Between hiccups the loopback
-carries exactly what ``dtlnd process`` writes for the same input, and the
-mic-to-loopback delay one second after each hiccup is within 10 ms of the
-delay before the first one.
+loopback consumer must cost nothing at all, unless jackd's log shows that
+the rig's own clock slipped.  Between hiccups the loopback carries exactly
+what ``dtlnd process`` writes for the same input (checked where jackd says
+no JACK client was late: `Rig.late_clients`), and the mic-to-loopback delay
+one second after each hiccup is within 10 ms of the delay before the first.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import pytest
 import soundfile as sf
 from audio_util import read
 from rig import (
-    DAEMON_CLIENTS,
     RATE,
     Proc,
     Recorder,
@@ -85,6 +85,7 @@ def test_three_stalls_are_lost_time_and_the_audio_comes_back(own_rig, speech, tm
     """Three 200 ms SIGSTOPs during ``run --measure --duration 10``: exit 1, gaps named, exact audio after."""
     rig = own_rig
     raw, ref = speech
+    log_start = rig.log_size()
     rec = Recorder(rig, tmp_path / "loop.raw")
     time.sleep(0.3)
     d = daemon(rig, "--input", "rig_file_mic_in", "--model", MODEL, *OUT, "--measure", "--duration", "10",
@@ -104,7 +105,10 @@ def test_three_stalls_are_lost_time_and_the_audio_comes_back(own_rig, speech, tm
     assert "Traceback" not in d.stderr, d.stderr
     assert status == 1, d.stdout
     gaps, ms = summary_field(d.stdout, r"^\s+lost audio: (\d+) gaps, (\d+) ms")
-    assert gaps == 3 and 3 * 150 <= ms <= 3 * 300, d.stdout
+    # One gap per stall, and one more for each time the rig's own clock slipped (seen once in about
+    # 20 runs here: 4 gaps, 607 ms in all).
+    slips = rig.clock_slips(log_start)
+    assert 3 <= gaps <= 3 + slips and 3 * 150 <= ms <= 3 * 300, f"{slips} clock slips in jackd's log\n{d.stdout}"
     assert "result: FAIL" in d.stdout
     # After the last stall the loopback plays exactly what `process` wrote.
     t_rec = rec.started
@@ -140,12 +144,7 @@ def buffer_ms(d: Proc) -> list[tuple[float, float]]:
             if (m := re.search(r"\+ ([\d.]+) buffer", line))]
 
 
-KNOWN = pytest.mark.xfail(reason="the SIGSEGV at exit after a close blocked in libjack is gone (devices."
-                           "exit_now_if_wedged), but 1 of 12 runs here still failed, cause not found",
-                           strict=False)
-
-
-ATTEMPTS = 3  # runs until one in which jackd's own graph kept time
+ATTEMPTS = 3  # runs until one in which jackd's graph kept time during the compared stretches
 
 
 @dataclass
@@ -155,45 +154,56 @@ class HiccupRun:
     daemon: Proc
     status: int
     loop: np.ndarray  # the loopback's samples
-    rec_started: float  # monotonic time of the recording's start
-    flowing: float  # monotonic time of "audio flowing"
-    marks: list[tuple[float, float]]  # (start, end) of each hiccup
-    late: list[str]  # JACK clients jackd found unfinished during the run, other than the ones stopped
+    stretches: list[tuple[int, int]]  # sample ranges of ``loop`` away from the hiccups
+    marks: list[tuple[float, float]]  # monotonic (start, end) of each hiccup
+    late: list[str]  # JACK clients jackd found unfinished while a stretch was being recorded
+    slips: int  # times the rig's clock fell behind during the run (see `Rig.clock_slips`)
 
 
 def run_with_hiccups(rig: Rig, raw: Path, kind: str, folder: Path) -> HiccupRun:
+    """The stretches are found by the recording's length at each moment, not by the clock.
+
+    A late ``arecord`` start, or cycles its JACK client lost, would otherwise move a stretch into a
+    hiccup.  Only the jackd log written during the stretches counts: a stopped client, and every
+    client downstream of it, is late by design during the hiccup itself.
+    """
     folder.mkdir()
-    mark = rig.log_size()
-    consumer = Recorder(rig, folder / "consumer.raw", pcm="consumer_loop_rec")  # a second consumer, to stop
-    rec = Recorder(rig, folder / "loop.raw")
+    log_start = rig.log_size()
+    consumer = Recorder(rig, folder / "consumer.raw")  # a second consumer of the loopback, to stop
+    rec = Recorder(rig, folder / "loop.raw", period_us=16000)
     time.sleep(0.3)
     d = daemon(rig, "--input", "rig_file_mic_in", "--model", MODEL, *OUT, "--measure", "--duration", "16",
                env=rig.with_env(RIG_IN_FILE=str(raw)))
     d.wait_for("audio flowing")
-    t_flow = d.lines("audio flowing")[0][0]
-    time.sleep(2.0)
+    time.sleep(0.5)
+    points = [(rec.frames(), rig.log_size())]  # (samples recorded, jackd log size): stretch edges
     marks = []
     for _ in range(2):
+        time.sleep(2.0)
+        points.append((rec.frames() - RATE // 5, rig.log_size()))
         t = time.monotonic()
         HICCUPS[kind](d, consumer)
         marks.append((t, time.monotonic()))
-        time.sleep(3.0)
+        time.sleep(1.0)
+        points.append((rec.frames() + RATE // 5, rig.log_size()))
+    time.sleep(1.5)
+    points.append((rec.frames() - RATE // 5, rig.log_size()))
     status = finish(d)
     y = rec.stop()[:, 0]
     consumer.stop()
-    # The clients the hiccup itself stops are late by design.
-    stopped = DAEMON_CLIENTS if "sigstop" in kind else ("loop_consumer",) if kind == "consumer_stopped" else ()
-    late = [c for c in rig.late_clients(mark) if not c.startswith(stopped)]
-    return HiccupRun(d, status, y, rec.started, t_flow, marks, late)
+    edges = list(zip(points[::2], points[1::2]))
+    late = [c for (_, a), (_, b) in edges for c in rig.late_clients(a, b)]
+    return HiccupRun(d, status, y, [(a, b) for (a, _), (b, _) in edges], marks, late, rig.clock_slips(log_start))
 
 
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=KNOWN) if k == "sigstop" else k for k in HICCUPS])
+@pytest.mark.parametrize("kind", list(HICCUPS))
 def test_after_a_hiccup_latency_is_back_within_a_second_and_exact_between(own_rig, speech, tmp_path, kind):
     """Two hiccups 3 s apart, file-fed input: each stretch between them is ``process`` output exactly,
     and the buffer the daemon reports a second after each is within 10 ms of the one before.
 
-    A CPU hog and a stopped loopback consumer must cost no input at all.  A run in which jackd found a
-    client unfinished (see `Rig.late_clients`) is run again: the rig, not the daemon, damaged its audio.
+    A CPU hog and a stopped loopback consumer must cost no input at all, but for the rig's own clock
+    slips (`Rig.clock_slips`).  A run in which jackd found a client unfinished during a stretch
+    (`Rig.late_clients`) is run again: the rig, not the daemon, damaged its audio.
     """
     rig = own_rig
     raw, ref = speech
@@ -204,12 +214,8 @@ def test_after_a_hiccup_latency_is_back_within_a_second_and_exact_between(own_ri
     d = run.daemon
     assert "Traceback" not in d.stderr, d.stderr
     assert run.status in (0, 1), d.stderr
-    marks = run.marks
-    edges = [run.flowing + 0.5] + [t for mark in marks for t in mark] + [marks[-1][1] + 2.5]
-    stretches = [(edges[i] + (1.0 if i else 0.0), edges[i + 1] - 0.2) for i in range(0, len(edges), 2)]
-    for a, b in stretches:
-        lo, hi = int((a - run.rec_started) * RATE), int((b - run.rec_started) * RATE)
-        assert hi - lo > RATE // 2, (a, b)
+    for lo, hi in run.stretches:
+        assert hi - lo > RATE // 2, (lo, hi)
         _, exact = exact_at(run.loop, ref, lo, hi)
         # Under load a hiccup may cost more than it should; then the daemon must say so itself.
         admitted = "result: OK" not in d.stdout and not re.search(r"xruns: input overflow 0, output underflow 0; "
@@ -218,8 +224,9 @@ def test_after_a_hiccup_latency_is_back_within_a_second_and_exact_between(own_ri
             warnings.warn(f"{kind}: exactness not checked: in all {ATTEMPTS} runs jackd found clients "
                           f"unfinished ({', '.join(sorted(set(run.late)))})", stacklevel=1)
             break
-        assert exact or admitted, (f"{kind}: {a - run.rec_started:.1f}..{b - run.rec_started:.1f} s is not the "
+        assert exact or admitted, (f"{kind}: {lo / RATE:.1f}..{hi / RATE:.1f} s of the recording is not the "
                                    f"offline output\n{d.stdout}\n{d.stderr}")
+    marks = run.marks
     reports = buffer_ms(d)
     before = [ms for t, ms in reports if t < marks[0][0]]
     assert before, d.stdout
@@ -229,6 +236,7 @@ def test_after_a_hiccup_latency_is_back_within_a_second_and_exact_between(own_ri
             f"{kind}: buffer {before[-1]} ms before, {after} ms a second after\n{d.stdout}"
     gaps, _ = summary_field(d.stdout, r"^\s+lost audio: (\d+) gaps, (\d+) ms")
     if kind in ("cpu_hog", "consumer_stopped"):
-        assert gaps == 0, f"{kind}: lost input\n{d.stdout}"
+        # No input lost, unless the rig's own clock slipped (seen once in 11 runs of the hog here).
+        assert gaps <= run.slips, f"{kind}: lost input ({run.slips} clock slips in jackd's log)\n{d.stdout}"
     else:
         assert gaps >= 1, f"{kind}: the stall was not counted\n{d.stdout}"
