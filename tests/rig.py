@@ -119,7 +119,7 @@ class Rig:
         return int((self.run_dir / "jackd.pid").read_text())
 
     def log_size(self) -> int:
-        """Where jackd's log ends now: pass it to `late_clients` later."""
+        """Where jackd's log ends now, for `late_clients` and `clock_slips` later."""
         return (self.run_dir / "jackd.log").stat().st_size
 
     def late_clients(self, since: int = 0, until: Optional[int] = None) -> list[str]:
