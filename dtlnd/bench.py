@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
-from . import dsp, runtime, store
+from . import dsp, pairs, runtime
 from .constants import BUDGET_MS, BUDGET_NS, SHIFT
 from .engine import EchoCanceller, NoiseSuppressor
 from .errors import DtlndError
@@ -227,7 +227,7 @@ def bench_signals(audio: Optional[Path], ref: Optional[Path]) -> tuple[np.ndarra
 
 def _other_form_only(name: str, model_dir: Optional[Path], rt: str) -> bool:
     """True when the pair is installed, but not in a form runtime ``rt`` loads."""
-    return store.locate(name, model_dir) is not None and store.locate(name, model_dir,
+    return pairs.locate(name, model_dir) is not None and pairs.locate(name, model_dir,
                                                                       runtime.formats_for(rt)) is None
 
 
@@ -235,7 +235,7 @@ def run(models: list[str], model_dir: Optional[Path], runtimes: list[str], audio
         ref: Optional[Path], blocks: int, threads: int, fft: str, as_json: bool, paced: bool = False,
         pipeline: bool = False, paced_blocks: int = 1000, ref_delay: Union[str, float] = 0) -> int:
     mic, far, label = bench_signals(audio, ref)
-    names = models or store.pair_names(model_dir)
+    names = models or pairs.pair_names(model_dir)
     if not names:
         raise DtlndError("no model pairs found: run 'dtlnd models fetch' or pass --model-dir")
     rts = runtimes or runtime.installed_runtimes()

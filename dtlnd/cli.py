@@ -393,11 +393,11 @@ def _cmd_models_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_verify(args: argparse.Namespace) -> int:
-    from . import store
+    from . import pairs, store
 
     checks = store.verify(args.names, args.model_dir)
     if not checks:
-        searched = ", ".join(str(d) for d in store.search_dirs(args.model_dir))
+        searched = ", ".join(str(d) for d in pairs.search_dirs(args.model_dir))
         print(f"no model pairs installed in {searched}; install them with: dtlnd models fetch")
         return 1
     for c in checks:

@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import soundfile as sf
-import soxr
 
 from .constants import DEFAULT_MODELS, RATE, RUNTIMES
 from .errors import DeviceError, DtlndError, InputError, ModelError
@@ -45,6 +43,9 @@ def rms_dbfs(x: np.ndarray) -> float:
 
 def speak(text: str = TEXT) -> np.ndarray:
     """``text`` spoken by espeak-ng, at 16 kHz, float32."""
+    import soundfile as sf  # not with the parser: ``dtlnd run`` builds it too
+    import soxr
+
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise ToolMissing("espeak-ng is not installed (it speaks the demo's test clip): sudo apt install "

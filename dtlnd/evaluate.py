@@ -18,13 +18,16 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from . import metrics, offline
+from . import metrics
 from .constants import DEFAULT_MODELS, FFT_BACKENDS, RATE
 from .errors import DtlndError, ExtraMissing, InputError, UsageError
+
+if TYPE_CHECKING:  # the file code (soundfile, soxr) loads when a command runs, not with the parser
+    from . import offline
 
 log = logging.getLogger("dtlnd")
 
@@ -104,6 +107,8 @@ def align_clean(clean: np.ndarray, mic: np.ndarray, name: str) -> np.ndarray:
 def load(src: Path, opts: offline.FileOptions, need_far: bool, clean: Optional[Path],
          talk: str) -> Recording:
     """Read ``src`` (and its clean version) the way ``process`` reads its input."""
+    from . import offline
+
     mic, far, _ = offline.load_signals(src, opts, need_far)
     if len(mic) < MIN_SECONDS * RATE:
         raise InputError(f"{src}: {len(mic) / RATE:.2f} s of audio: evaluate needs at least {MIN_SECONDS} s "
@@ -167,6 +172,8 @@ def enhance_like_process(src: Path, proc: Any, opts: offline.FileOptions, tmp: P
     resampling, the suppression limit).
     """
     import soundfile as sf
+
+    from . import offline
 
     out = tmp / "out.wav"
     offline.process_file(src, out, proc, dataclasses.replace(opts, subtype="FLOAT"))
@@ -236,6 +243,8 @@ def _first(rows: list[dict[str, Any]], r: dict[str, Any]) -> dict[str, Any]:
 
 def _inputs(args: argparse.Namespace) -> list[tuple[Path, Optional[Path]]]:
     """(input file, its --clean file) pairs: one for a file, one per WAV below a folder."""
+    from . import offline
+
     src: Path = args.input
     if not src.exists():
         raise InputError(f"{src}: no such file or folder: check the input path")
@@ -255,6 +264,8 @@ def _inputs(args: argparse.Namespace) -> list[tuple[Path, Optional[Path]]]:
 
 def run(args: argparse.Namespace) -> int:
     """The ``evaluate`` command: check everything cheap first, then process and score."""
+    from . import offline
+
     require_extra()
     if args.plot is not None:
         from . import plots

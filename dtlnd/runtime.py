@@ -1,7 +1,7 @@
 """Model pairs: load the two files of a pair and bind every tensor by role.
 
 A DTLN pair is two models whose LSTM states are explicit input and output
-tensors.  `dtlnd.store.locate` finds the files; TF-Lite files run on one of
+tensors.  `dtlnd.pairs.locate` finds the files; TF-Lite files run on one of
 the TF-Lite runtimes, ONNX files on onnxruntime (`dtlnd.ortmodel`); roles
 come from `dtlnd.binding`, never from positions.
 
@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import store
+from . import pairs
 from .binding import Model, Tensor, assign_roles
 from .constants import BINS, BLOCK, MODEL_FORMATS, RUNTIMES
 from .errors import ModelError, remedied
@@ -130,25 +130,25 @@ def installed_runtimes() -> list[str]:
     return found
 
 
-def find_pair(name: str, model_dir: Optional[Path] = None, runtime: str = "auto") -> store.Location:
-    """Where ``runtime`` would load pair ``name`` from: `dtlnd.store.locate`
+def find_pair(name: str, model_dir: Optional[Path] = None, runtime: str = "auto") -> pairs.Location:
+    """Where ``runtime`` would load pair ``name`` from: `dtlnd.pairs.locate`
     over the forms the runtime loads (TF-Lite before ONNX for ``auto``),
     in ``model_dir`` alone or along the model search path."""
-    dirs = store.search_dirs(model_dir)
+    dirs = pairs.search_dirs(model_dir)
     formats = formats_for(runtime)
-    where = store.locate(name, dirs, formats)
+    where = pairs.locate(name, dirs, formats)
     if where is not None and where.complete:
         return where
     if where is not None:
         missing = next(p for p in where.paths if not p.is_file())
         present = "model 1" if where.paths[0].is_file() else "model 2"
         raise ModelError(f"{missing}: missing ({present} is there): run 'dtlnd models fetch {name}'")
-    elsewhere = store.locate(name, dirs)
+    elsewhere = pairs.locate(name, dirs)
     if elsewhere is not None and elsewhere.complete:
         raise ModelError(f"{elsewhere.paths[0]}: pair {name!r} is there in {elsewhere.fmt} form, which runtime "
                          f"{runtime} cannot load: use runtime auto")
     searched = ", ".join(str(d) for d in dirs)
-    known = store.pair_names(dirs, formats)
+    known = pairs.pair_names(dirs, formats)
     hint = f"; pairs found: {', '.join(known)}" if known else ""
     form = " or ".join(f"{name}_1.{f}" for f in formats)
     raise remedied(ModelError, f"model {name!r} not found ({form}) in {searched}{hint}: "
@@ -270,7 +270,7 @@ class ModelPair:
             try:
                 load_runtime("auto", "tflite")
             except ModelError:
-                onnx = store.locate(name, store.search_dirs(model_dir), ("onnx",))
+                onnx = pairs.locate(name, pairs.search_dirs(model_dir), ("onnx",))
                 if onnx is not None and onnx.complete:
                     where = onnx
         p1, p2 = where.paths

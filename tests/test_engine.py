@@ -21,11 +21,15 @@ def test_both_fft_backends_are_installed():
     assert FFTS == ["pyfftw", "numpy"]
 
 
-def test_run_imports_leave_out_scipy_and_the_http_client():
-    """pyfftw's SciPy interfaces (20 MB resident) and the model download's HTTP modules (2-7 MB) stay out of
-    the daemon; SciPy itself still imports whole after."""
-    unused = ("scipy", "http", "ssl", "urllib.request", "email")
-    code = ("import importlib.util, sys; import dtlnd.dsp as d, dtlnd.service, dtlnd.audio, dtlnd.duplex; "
+def test_run_imports_leave_out_what_it_does_not_use():
+    """What ``dtlnd run`` imports (its command line, every subcommand's parser included, and the daemon)
+    leaves out pyfftw's SciPy interfaces (20 MB resident), the model download's HTTP modules (2-7 MB),
+    hashlib with OpenSSL (3.5 MB), the model store and the file code (soundfile, soxr); SciPy itself still
+    imports whole after."""
+    unused = ("scipy", "http", "ssl", "urllib.request", "email", "hashlib", "_hashlib", "soundfile", "soxr",
+              "dtlnd.store", "dtlnd.download", "dtlnd.offline")
+    code = ("import importlib.util, sys; import dtlnd.cli; dtlnd.cli.build_parser(); "
+            "import dtlnd.dsp as d, dtlnd.service, dtlnd.audio, dtlnd.duplex; "
             f"print(d.pyfftw is not None, sorted(m for m in sys.modules if m.startswith({unused!r}))); "
             "has = importlib.util.find_spec('scipy') is not None; "
             "fft = importlib.import_module('scipy.fft') if has else None; "

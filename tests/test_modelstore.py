@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dtlnd import cli, errors, store
+from dtlnd import cli, errors, pairs, store
 from dtlnd.errors import DtlndError, ModelError, UsageError
 from dtlnd.manifest import Manifest, load_manifest
 from dtlnd.runtime import ModelPair
@@ -386,11 +386,11 @@ def test_locate_follows_model_1_like_the_daemon(tmp_path: Path, shared: Path, ma
     user.mkdir()
     shutil.copy(shared / "dtln_ns_quant_1.tflite", user)
     pair = manifest.pair("dtln_ns_quant")
-    assert store.locate(pair.name, [user, system]) == store.Location(pair.name, "tflite", user)
+    assert pairs.locate(pair.name, [user, system]) == pairs.Location(pair.name, "tflite", user)
     assert [r.status for r in store.list_pairs([user, system]) if r.pair == pair] == [store.INCOMPLETE]
     assert [c.status for c in store.verify(["dtln_ns_quant"], [user, system])] == ["ok", "missing"]
     (user / "dtln_ns_quant_1.tflite").unlink()
-    assert store.locate(pair.name, [user, system]) == store.Location(pair.name, "tflite", system)
+    assert pairs.locate(pair.name, [user, system]) == pairs.Location(pair.name, "tflite", system)
 
 
 # --- command line ----------------------------------------------------------------
