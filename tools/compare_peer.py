@@ -4,7 +4,7 @@ Usage, from the repository root:
 
     python tools/compare_peer.py --peer /path/to/PiDTLN [--configs ns,aec128,aec256]
         [--runs 3] [--seconds 20] [--warmup 3] [--dtlnd-args "ARGS" | "CONFIG:ARGS"]...
-        [--variant "NAME:ARGS"]... [--json [FILE]] [--shared DIR]
+        [--variant "NAME:ARGS"]... [--threads] [--json [FILE]] [--shared DIR]
 
 The peer's scripts run unchanged from its checkout (nothing of it is copied
 here), with ``--latency 0.024`` (its lowest-latency setting) and the rig's
@@ -127,9 +127,9 @@ def run_one(kind: str, cfg: dict, rig: rt.Rig, ctx: argparse.Namespace, variant:
     time.sleep(ctx.warmup)
     probe = rt.ProbeMonitor(rig)
     time.sleep(0.5)  # arecord's own start-up
-    t0, c0 = time.monotonic(), rt.cpu_seconds(rt.tree(proc.pid))
+    t0, c0, th0 = time.monotonic(), rt.cpu_seconds(rt.tree(proc.pid)), rt.thread_cpu(proc.pid)
     time.sleep(ctx.seconds)
-    t1, c1 = time.monotonic(), rt.cpu_seconds(rt.tree(proc.pid))
+    t1, c1, th1 = time.monotonic(), rt.cpu_seconds(rt.tree(proc.pid)), rt.thread_cpu(proc.pid)
     pids = rt.tree(proc.pid)
     rss, pss = rt.memory_mb(pids)
     pf = probe.stop().summary()
@@ -139,8 +139,8 @@ def run_one(kind: str, cfg: dict, rig: rt.Rig, ctx: argparse.Namespace, variant:
         for name in SHM_NAMES:  # what aec_mp.py unlinks itself when it can stop cleanly
             Path("/dev/shm", name).unlink(missing_ok=True)
     row = {"program": kind, "cmd": " ".join(cmd[1:]), "exit": rc, "alive_at_end": alive, "processes": len(pids),
-           "cpu_s_per_s": (c1 - c0) / (t1 - t0), "rss_mb": rss, "pss_mb": pss, "delay_ms": pf["delay_ms_median"],
-           "probe": pf}
+           "cpu_s_per_s": (c1 - c0) / (t1 - t0), "threads": rt.thread_shares(th0, th1, t1 - t0),
+           "rss_mb": rss, "pss_mb": pss, "delay_ms": pf["delay_ms_median"], "probe": pf}
     if kind == "peer":
         row["xruns"] = sum(len(PEER_FLAGS.findall(line)) for line in proc.stdout.splitlines())
         row["program_says"] = {}
@@ -225,6 +225,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "repeatable")
     ap.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write the runs and medians as JSON "
                     "(to stdout without FILE; the table then goes to stderr)")
+    ap.add_argument("--threads", action="store_true", help="print each run's CPU per thread (the main "
+                    "process's threads alive at the end of the window), busiest first")
     ap.add_argument("--shared", help="the shared folder (models/, audio/, alsa-rig/)")
     a = ap.parse_args(argv)
     rt.sigint_for_children()
@@ -266,6 +268,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                           f"pss {r['pss_mb']:.1f} MB, delay {r['delay_ms']:.1f} ms, xruns {r['xruns']}, dropouts "
                           f"{r['probe']['dropouts']}, steps {r['probe']['delay_steps']}, exit {r['exit']}",
                           file=report, flush=True)
+                    if a.threads:
+                        print("    threads, CPU s/s: " + ", ".join(f"{n} {v:.3f}" for n, v in r["threads"] if v > 0),
+                              file=report, flush=True)
     finally:
         player.stop()
         rig.stop()

@@ -106,6 +106,35 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """Per thread of ``pid`` (its threads alive now): (name, utime+stime seconds)."""
+    out: dict[int, tuple[str, float]] = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(task.name)] = (stat[stat.index("(") + 1:stat.rindex(")")],
+                               (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return out
+
+
+def thread_shares(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                  seconds: float) -> list[tuple[str, float]]:
+    """CPU seconds per second of each thread between two `thread_cpu` samples, busiest first (named by
+    thread name and its rank among threads of that name, oldest first)."""
+    rows = []
+    for tid, (name, cpu) in sorted(after.items()):
+        rows.append((name, tid, (cpu - before.get(tid, (name, 0.0))[1]) / seconds))
+    seen: dict[str, int] = {}
+    named = []
+    for name, _tid, share in rows:
+        seen[name] = seen.get(name, 0) + 1
+        named.append((f"{name}#{seen[name]}", share))
+    return sorted(named, key=lambda r: -r[1])
+
+
 def memory_mb(pids: list[int]) -> tuple[float, float]:
     """(RSS, PSS) in MB summed over ``pids``, each less its ``/dev/shm/jack*`` mappings."""
     rss = pss = 0
