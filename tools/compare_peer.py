@@ -4,7 +4,7 @@ Usage, from the repository root:
 
     python tools/compare_peer.py --peer /path/to/PiDTLN [--configs ns,aec128,aec256]
         [--runs 3] [--seconds 20] [--warmup 3] [--dtlnd-args "ARGS" | "CONFIG:ARGS"]...
-        [--variant "NAME:ARGS"]... [--threads] [--json [FILE]] [--shared DIR]
+        [--variant "NAME:ARGS"]... [--floor] [--threads] [--json [FILE]] [--shared DIR]
 
 The peer's scripts run unchanged from its checkout (nothing of it is copied
 here), with ``--latency 0.024`` (its lowest-latency setting) and the rig's
@@ -76,6 +76,22 @@ CONFIGS = {
     "aec256": {"script": "aec_mp.py", "peer": ["-i", "rig_aec_in", "-o", "rig_loop_play", "-m", "256"],
                "mode": "aec", "model": "dtln_aec_256_quant", "files": "dtln_aec_256_quant"},
 }
+#: ``--floor``: the cheapest duplex program sounddevice allows, no model (what the rig's I/O alone costs).
+BARE = """import sys, time
+import sounddevice as sd
+inp, out, channels, latency = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+
+
+def callback(indata, outdata, frames, time_info, status):
+    outdata[:] = indata[:len(outdata)]
+
+
+with sd.RawStream(device=(inp, out), samplerate=16000, blocksize=128, dtype="float32", latency=latency,
+                  channels=(channels, 1), callback=callback):
+    print("#" * 20, flush=True)
+    while True:
+        time.sleep(1)
+"""
 SHIM = "from ai_edge_litert.interpreter import *  # noqa: F403\nfrom ai_edge_litert.interpreter import Interpreter\n"
 PEER_FLAGS = re.compile(r"input overflow|input underflow|output overflow|output underflow|priming output")
 SHM_NAMES = ("in_lpb", "est_block", "out_block")  # aec_mp.py's fixed shared-memory blocks
@@ -109,12 +125,19 @@ def prepare(peer: Path, models: Path, configs: list[str]) -> Path:
     pkg_dir.mkdir(parents=True)
     (pkg_dir / "__init__.py").write_text("")
     (pkg_dir / "interpreter.py").write_text(SHIM)
+    (work / "bare.py").write_text(BARE)
     return work
 
 
 def run_one(kind: str, cfg: dict, rig: rt.Rig, ctx: argparse.Namespace, variant: tuple[str, ...] = ()) -> dict:
     """Start one program (``variant``: more dtlnd flags), measure one window, stop it; its figures."""
-    if kind == "peer":
+    if kind == "bare":
+        pcm = "rig_mic_in" if cfg["mode"] == "ns" else "rig_aec_in"
+        cmd = [sys.executable, str(ctx.work / "bare.py"), pcm, "rig_loop_play", "1" if cfg["mode"] == "ns" else "2",
+               LATENCY]
+        proc = rt.Proc(cmd, rig.with_env(PYTHONUNBUFFERED="1"), cwd=ctx.work)
+        ready = r"^#{20}"
+    elif kind == "peer":
         cmd = [sys.executable, str(ctx.peer / cfg["script"]), *cfg["peer"], "--latency", LATENCY, *cfg["peer_extra"]]
         env = rig.with_env(PYTHONPATH=str(ctx.work / "shim"), PYTHONUNBUFFERED="1")
         proc = rt.Proc(cmd, env, cwd=ctx.work)
@@ -141,7 +164,7 @@ def run_one(kind: str, cfg: dict, rig: rt.Rig, ctx: argparse.Namespace, variant:
     row = {"program": kind, "cmd": " ".join(cmd[1:]), "exit": rc, "alive_at_end": alive, "processes": len(pids),
            "cpu_s_per_s": (c1 - c0) / (t1 - t0), "threads": rt.thread_shares(th0, th1, t1 - t0),
            "rss_mb": rss, "pss_mb": pss, "delay_ms": pf["delay_ms_median"], "probe": pf}
-    if kind == "peer":
+    if kind in ("peer", "bare"):
         row["xruns"] = sum(len(PEER_FLAGS.findall(line)) for line in proc.stdout.splitlines())
         row["program_says"] = {}
     else:
@@ -225,6 +248,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "repeatable")
     ap.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write the runs and medians as JSON "
                     "(to stdout without FILE; the table then goes to stderr)")
+    ap.add_argument("--floor", action="store_true", help="add a bare duplex passthrough (sounddevice RawStream, "
+                    "a one-line callback, no model, the peer's latency) to every alternation: the rig's I/O alone")
     ap.add_argument("--threads", action="store_true", help="print each run's CPU per thread (the main "
                     "process's threads alive at the end of the window), busiest first")
     ap.add_argument("--shared", help="the shared folder (models/, audio/, alsa-rig/)")
@@ -244,8 +269,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     variants: dict[str, dict[str, list[str]]] = {}
     for v in a.variant:
         name, sep, rest = v.partition(":")
-        if not sep or not name or name in ("peer", "dtlnd"):
-            ap.error(f"--variant {v!r}: give NAME:ARGS, NAME neither peer nor dtlnd")
+        if not sep or not name or name in ("peer", "dtlnd", "bare"):
+            ap.error(f"--variant {v!r}: give NAME:ARGS, NAME not peer, dtlnd or bare")
         one, scope = parse_extra([rest], configs), rest.partition(":")[0]
         variants[name] = {c: one[c] for c in configs if scope not in CONFIGS or c == scope}
     report = sys.stderr if a.json == "-" else sys.stdout
@@ -257,11 +282,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         for c in configs:
             cfg = dict(CONFIGS[c], extra=extra[c], peer_extra=peer_extra[c])
-            programs = [("peer", ()), ("dtlnd", ())] + [(n, tuple(v[c])) for n, v in variants.items() if c in v]
+            programs = ([("peer", ()), ("dtlnd", ())] + [("bare", ())] * a.floor
+                        + [(n, tuple(v[c])) for n, v in variants.items() if c in v])
             for i in range(a.runs):
                 for name, flags in programs:
                     wait_clients_gone(rig)
-                    r = run_one("peer" if name == "peer" else "dtlnd", cfg, rig, a, flags)
+                    r = run_one(name if name in ("peer", "bare") else "dtlnd", cfg, rig, a, flags)
                     r.update(config=c, run=i + 1, program=name)
                     rows.append(r)
                     print(f"{c} run {i + 1} {name:5}: cpu {r['cpu_s_per_s']:.3f} s/s, rss {r['rss_mb']:.1f} MB, "
