@@ -42,6 +42,7 @@ from rig import (
     play,
     require_rig,
     sound_runs,
+    until_clean,
     write_raw,
 )
 
@@ -116,10 +117,6 @@ def summary_algorithmic(stdout: str) -> float:
     return float(m.group(1))
 
 
-def xrun_free(stdout: str) -> bool:
-    return "result: OK" in stdout
-
-
 # -- 1, 2: streamed output == offline output ---------------------------------------------
 
 
@@ -159,19 +156,18 @@ def test_stream_is_sample_exact(rig, audio_dir, tmp_path, mode, model, pcm):
     assert r.returncode == 0, r.stderr
     ref = read(offline)
 
-    for attempt in (1, 2):  # a shared VM stalls now and then: one retry after an xrun
-        rec = Recorder(rig, tmp_path / f"loop{attempt}.raw")
+    def attempt(i: int) -> tuple[np.ndarray, Proc]:
+        rec = Recorder(rig, tmp_path / f"loop{i}.raw")
         time.sleep(0.3)
         d = daemon(rig, "--input", pcm, "--mode", mode, "--model", model, *OUT, "--duration", "4", "--measure",
                    env=run_env(rig, raw))
         status = d.wait(30)
         time.sleep(0.3)
         y = rec.stop()[:, 0]
-        assert "Traceback" not in d.stderr, d.stderr
-        assert status in (0, 1), d.stderr
-        if xrun_free(d.stdout):
-            break
-    assert xrun_free(d.stdout), f"xruns in both attempts:\n{d.stdout}"
+        assert "Traceback" not in d.stderr and status in (0, 1), d.stderr
+        return y, d
+
+    y, d = until_clean(rig, attempt, lambda r: r[1].stdout)
 
     runs = sound_runs(y)
     assert runs, "the loopback recording is all zeros"
@@ -206,19 +202,19 @@ def test_measured_delay_matches_cross_correlation(rig, audio_dir, tmp_path, mode
     n = 4 * RATE
     src = tmp_path / "src.wav"
     sf.write(src, np.stack([mic[:n], lpb[:n]], axis=1), RATE, subtype="FLOAT")
-    for attempt in (1, 2):
+    def attempt(i: int) -> tuple[np.ndarray, Proc]:
         d = daemon(rig, "--input", pcm, "--mode", mode, "--model", model, *OUT, "--measure")
         d.wait_for("audio flowing")
-        rec = Recorder(rig, tmp_path / f"probe{attempt}.raw", pcm="probe_mic_loop", channels=2)
+        rec = Recorder(rig, tmp_path / f"probe{i}.raw", pcm="probe_mic_loop", channels=2)
         time.sleep(0.2)
         player = play(rig, src)
         assert player.wait(30) == 0, player.stderr.read()
         time.sleep(0.2)
         x = rec.stop()
         stop(d)
-        if xrun_free(d.stdout):
-            break
-    assert xrun_free(d.stdout), f"xruns in both attempts:\n{d.stdout}"
+        return x, d
+
+    x, d = until_clean(rig, attempt, lambda r: r[1].stdout)
     reported = summary_latency(d.stdout)
     assert rms_dbfs(x[:, 0]) > -50 and rms_dbfs(x[:, 1]) > -60, "the probe recorded no speech"
     found = 1000.0 * lag(x[:, 1], x[:, 0], max_lag=RATE // 2) / RATE

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from audio_util import read, rms_dbfs, snr_db
-from rig import RATE, Recorder, Rig, daemon, exact_at, lag, play, require_rig, sound_runs, write_raw
+from rig import RATE, Proc, Recorder, Rig, daemon, exact_at, lag, play, require_rig, sound_runs, until_clean, write_raw
 from test_daemon_rig import (
     AIRCON,
     EDGE,
@@ -31,7 +31,6 @@ from test_daemon_rig import (
     run_env,
     stop,
     summary_latency,
-    xrun_free,
 )
 
 from dtlnd.duplex import XRUN_LIMIT
@@ -75,20 +74,20 @@ def test_shared_delay_is_at_most_44_ms_and_reported(rig, audio_dir, tmp_path):
     n = 4 * RATE
     src = tmp_path / "src.wav"
     sf.write(src, np.stack([mic[:n], lpb[:n]], axis=1), RATE, subtype="FLOAT")
-    for attempt in (1, 2):  # one retry after an xrun on the loaded VM
+    def attempt(i: int) -> tuple[np.ndarray, Proc]:
         d = daemon(rig, "--input", "rig_duplex", "--output", "rig_duplex", "--input-channels", "2",
                    "--model", "dtln_ns_float", *SHARED, "--measure")
         d.wait_for("audio flowing")
-        rec = Recorder(rig, tmp_path / f"probe{attempt}.raw", pcm="probe_mic_loop", channels=2)
+        rec = Recorder(rig, tmp_path / f"probe{i}.raw", pcm="probe_mic_loop", channels=2)
         time.sleep(0.2)
         player = play(rig, src)
         assert player.wait(30) == 0, player.stderr.read()
         time.sleep(0.2)
         x = rec.stop()
         stop(d)
-        if xrun_free(d.stdout):
-            break
-    assert xrun_free(d.stdout), f"xruns in both attempts:\n{d.stdout}"
+        return x, d
+
+    x, d = until_clean(rig, attempt, lambda r: r[1].stdout)
     assert "one duplex stream (clock: shared)" in d.stderr, d.stderr
     reported = summary_latency(d.stdout)
     assert rms_dbfs(x[:, 0]) > -50 and rms_dbfs(x[:, 1]) > -60, "the probe recorded no speech"
@@ -106,9 +105,8 @@ def test_shared_output_equals_process(rig, audio_dir, tmp_path):
     r = dtlnd("process", wav, offline, "--model", "dtln_ns_float", "--subtype", "FLOAT", env=rig.env)
     assert r.returncode == 0, r.stderr
     ref = read(offline)
-    d, y = None, np.zeros(0, np.float32)
-    for attempt in (1, 2):  # one retry after an xrun on the loaded VM
-        rec = Recorder(rig, tmp_path / f"loop{attempt}.raw")
+    def attempt(i: int) -> tuple[np.ndarray, Proc]:
+        rec = Recorder(rig, tmp_path / f"loop{i}.raw")
         time.sleep(0.3)
         d = daemon(rig, "--input", "rig_file_duplex", "--output", "rig_file_duplex", "--model", "dtln_ns_float",
                    *SHARED, "--duration", "4", "--measure", env=run_env(rig, raw))
@@ -116,9 +114,9 @@ def test_shared_output_equals_process(rig, audio_dir, tmp_path):
         time.sleep(0.3)
         y = rec.stop()[:, 0]
         assert "Traceback" not in d.stderr and status in (0, 1), d.stderr
-        if xrun_free(d.stdout):
-            break
-    assert d is not None and xrun_free(d.stdout), f"xruns in both attempts:\n{d and d.stdout}"
+        return y, d
+
+    y, _ = until_clean(rig, attempt, lambda r: r[1].stdout)
     runs = sound_runs(y)
     assert runs and runs[-1][1] - runs[0][0] > 3 * RATE, f"daemon output too short: {runs}"
     lo, hi = runs[0][0] + RATE // 2, runs[-1][1] - EDGE  # past the engine's start-up and the file's start

@@ -25,7 +25,7 @@ import pytest
 import soundfile as sf
 import soxr
 from audio_util import read, snr_db
-from rig import Recorder, Rig, daemon, lag, require_rig, write_raw
+from rig import Proc, Recorder, Rig, daemon, lag, require_rig, until_clean, write_raw
 
 from dtlnd.constants import SHIFT
 from dtlnd.resample import Polyphase
@@ -50,8 +50,9 @@ def run_48k(rig: Rig, tmp: Path, x16: np.ndarray, seconds: float, *args: str) ->
     x48 = to_48k(x16)
     pad = np.zeros((HI * 6, *x48.shape[1:]), np.float32)
     raw = write_raw(tmp / "in48.raw", np.concatenate([x48, pad]))
-    for attempt in (1, 2):  # one retry: this VM is shared, and a stall would be told by the daemon
-        rec = Recorder(rig, tmp / f"loop{attempt}.raw")
+
+    def attempt(i: int) -> tuple[int, Proc, np.ndarray]:
+        rec = Recorder(rig, tmp / f"loop{i}.raw")
         time.sleep(0.3)
         d = daemon(rig, "--output", "rig_loop_play", "--output-format", "FLOAT_LE", "--measure", "--duration",
                    seconds, *args, env=rig.with_env(RIG_IN_FILE=str(raw)))
@@ -61,8 +62,9 @@ def run_48k(rig: Rig, tmp: Path, x16: np.ndarray, seconds: float, *args: str) ->
         assert "Traceback" not in d.stderr, d.stderr
         assert "runs at 48000 Hz: resampling to 16000 Hz in process (FIR 1:3)" in d.stderr, d.stderr
         assert "runs at 48000 Hz: resampling from 16000 Hz in process (FIR 3:1)" in d.stderr, d.stderr
-        if status == 0:
-            break
+        return status, d, y
+
+    status, d, y = until_clean(rig, attempt, lambda r: r[1].stdout)
     return status, d.stdout, y
 
 

@@ -43,6 +43,7 @@ SOURCES = ("DLhjtuwiEkS-68TsUVvW5g_nearend_singletalk_mic.wav", "9mkQhVtzTEy2hDk
            "9mkQhVtzTEy2hDk-6u2Sww_farend_singletalk_lpb.wav")
 OUT = ("--output", "rig_loop_play", "--output-format", "FLOAT_LE")
 MODEL = "dtln_ns_float"
+ATTEMPTS = 3  # runs until one in which jackd's graph kept time where it matters
 
 
 @pytest.fixture
@@ -82,41 +83,49 @@ def hog(seconds: float) -> list[subprocess.Popen]:
 
 
 def test_three_stalls_are_lost_time_and_the_audio_comes_back(own_rig, speech, tmp_path):
-    """Three 200 ms SIGSTOPs during ``run --measure --duration 10``: exit 1, gaps named, exact audio after."""
+    """Three 200 ms SIGSTOPs during ``run --measure --duration 10``: exit 1, gaps named, exact audio after.
+
+    The exactness is checked on a run in which jackd kept time after the last stall (`Rig.trouble`).
+    """
     rig = own_rig
     raw, ref = speech
-    log_start = rig.log_size()
-    rec = Recorder(rig, tmp_path / "loop.raw")
-    time.sleep(0.3)
-    d = daemon(rig, "--input", "rig_file_mic_in", "--model", MODEL, *OUT, "--measure", "--duration", "10",
-               env=rig.with_env(RIG_IN_FILE=str(raw)))
-    d.wait_for("audio flowing")
-    time.sleep(2.0)
-    stalls = []
-    for _ in range(3):
-        t = d.signal(signal.SIGSTOP)
+    for attempt in range(ATTEMPTS):
+        log_start = rig.log_size()
+        rec = Recorder(rig, tmp_path / f"loop{attempt}.raw")
+        time.sleep(0.3)
+        d = daemon(rig, "--input", "rig_file_mic_in", "--model", MODEL, *OUT, "--measure", "--duration", "10",
+                   env=rig.with_env(RIG_IN_FILE=str(raw)))
+        d.wait_for("audio flowing")
+        time.sleep(2.0)
+        stalls = []
+        for _ in range(3):
+            t = d.signal(signal.SIGSTOP)
+            time.sleep(0.2)
+            d.signal(signal.SIGCONT)
+            stalls.append((t, time.monotonic()))
+            time.sleep(0.3)
+            after = rig.log_size()  # the stopped daemon's clients were late until now, by design
+            time.sleep(1.2)
+        status = d.wait(30)
         time.sleep(0.2)
-        d.signal(signal.SIGCONT)
-        stalls.append((t, time.monotonic()))
-        time.sleep(1.5)
-    status = d.wait(30)
-    time.sleep(0.2)
-    y = rec.stop()[:, 0]
-    assert "Traceback" not in d.stderr, d.stderr
-    assert status == 1, d.stdout
-    gaps, ms = summary_field(d.stdout, r"^\s+lost audio: (\d+) gaps, (\d+) ms")
-    # One gap per stall, and one more for each time the rig's own clock slipped (seen once in about
-    # 20 runs here: 4 gaps, 607 ms in all).
-    slips = rig.clock_slips(log_start)
-    assert 3 <= gaps <= 3 + slips and 3 * 150 <= ms <= 3 * 300, f"{slips} clock slips in jackd's log\n{d.stdout}"
-    assert "result: FAIL" in d.stdout
-    # After the last stall the loopback plays exactly what `process` wrote.
-    t_rec = rec.started
-    lo = int((stalls[-1][1] + 0.5 - t_rec) * RATE)
-    hi = lo + RATE
-    assert hi < len(y), f"recording ends {len(y) / RATE:.1f} s"
-    _, exact = exact_at(y, ref, lo, hi)
-    assert exact, "the audio after the stalls is not the offline output"
+        y = rec.stop()[:, 0]
+        assert "Traceback" not in d.stderr, d.stderr
+        assert status == 1, d.stdout
+        gaps, ms = summary_field(d.stdout, r"^\s+lost audio: (\d+) gaps, (\d+) ms")
+        # One gap per stall, and one more for each time the rig's own clock slipped (seen once in about
+        # 20 runs here: 4 gaps, 607 ms in all).
+        slips = rig.clock_slips(log_start)
+        assert 3 <= gaps <= 3 + slips and 3 * 150 <= ms <= 3 * 300, f"{slips} clock slips in jackd's log\n{d.stdout}"
+        assert "result: FAIL" in d.stdout
+        # After the last stall the loopback plays exactly what `process` wrote.
+        lo = int((stalls[-1][1] + 0.5 - rec.started) * RATE)
+        hi = lo + RATE
+        assert hi < len(y), f"recording ends {len(y) / RATE:.1f} s"
+        _, exact = exact_at(y, ref, lo, hi)
+        trouble = rig.trouble(after)
+        if exact or not trouble:
+            break
+    assert exact, f"the audio after the stalls is not the offline output (jackd: {trouble or 'kept time'})"
 
 
 HICCUPS = {
@@ -144,9 +153,6 @@ def buffer_ms(d: Proc) -> list[tuple[float, float]]:
             if (m := re.search(r"\+ ([\d.]+) buffer", line))]
 
 
-ATTEMPTS = 3  # runs until one in which jackd's graph kept time during the compared stretches
-
-
 @dataclass
 class HiccupRun:
     """One ``run --measure --duration 16`` with two hiccups 3 s apart, as recorded on the loopback."""
@@ -156,7 +162,7 @@ class HiccupRun:
     loop: np.ndarray  # the loopback's samples
     stretches: list[tuple[int, int]]  # sample ranges of ``loop`` away from the hiccups
     marks: list[tuple[float, float]]  # monotonic (start, end) of each hiccup
-    late: list[str]  # JACK clients jackd found unfinished while a stretch was being recorded
+    late: list[str]  # JACK clients jackd found unfinished when they should not have been (`run_with_hiccups`)
     slips: int  # times the rig's clock fell behind during the run (see `Rig.clock_slips`)
 
 
@@ -192,7 +198,12 @@ def run_with_hiccups(rig: Rig, raw: Path, kind: str, folder: Path) -> HiccupRun:
     y = rec.stop()[:, 0]
     consumer.stop()
     edges = list(zip(points[::2], points[1::2]))
-    late = [c for (_, a), (_, b) in edges for c in rig.late_clients(a, b)]
+    if kind in ("cpu_hog", "consumer_stopped"):
+        # The daemon runs on throughout: a late client anywhere in the run, but the stopped consumer
+        # (the first rig_loop_rec), is the rig's trouble, and may cost input the daemon rightly counts.
+        late = [c for c in rig.late_clients(log_start) if c != "rig_loop_rec"]
+    else:  # the stopped daemon's clients, and everything downstream of them, are late in the hiccups
+        late = [c for (_, a), (_, b) in edges for c in rig.late_clients(a, b)]
     return HiccupRun(d, status, y, [(a, b) for (a, _), (b, _) in edges], marks, late, rig.clock_slips(log_start))
 
 
@@ -236,7 +247,9 @@ def test_after_a_hiccup_latency_is_back_within_a_second_and_exact_between(own_ri
             f"{kind}: buffer {before[-1]} ms before, {after} ms a second after\n{d.stdout}"
     gaps, _ = summary_field(d.stdout, r"^\s+lost audio: (\d+) gaps, (\d+) ms")
     if kind in ("cpu_hog", "consumer_stopped"):
-        # No input lost, unless the rig's own clock slipped (seen once in 11 runs of the hog here).
-        assert gaps <= run.slips, f"{kind}: lost input ({run.slips} clock slips in jackd's log)\n{d.stdout}"
+        # No input lost, unless the rig's own clock slipped (seen once in 11 runs of the hog here), or
+        # jackd found clients late in every attempt.
+        assert gaps <= run.slips or run.late, \
+            f"{kind}: lost input ({run.slips} clock slips in jackd's log)\n{d.stdout}"
     else:
         assert gaps >= 1, f"{kind}: the stall was not counted\n{d.stdout}"
