@@ -8,7 +8,8 @@ PortAudio for a fresh device list), RELOADING (SIGHUP) and STOPPING.  Once a
 second it reports: STATUS= to systemd, the ``--measure`` line, the state
 file `dtlnd status` reads, and a row of the ``--plot`` timeline.  Signal
 handlers and the streams' ``finished_callback`` only set flags.  Garbage
-collection runs from the loop too (`gcpolicy`).
+collection runs from the loop too (`gcpolicy`), and other threads hold the
+GIL for short turns (`gil`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
-from . import config, devices, engine, measure, paths
+from . import config, devices, engine, gil, measure, paths
 from .audio import AudioPipeline
 from .config import Settings
 from .constants import DEFAULT_MODELS
@@ -78,6 +79,7 @@ class Daemon:
         self._errors_reported = self._errors_named = 0
         self._last_ping = 0.0
         self.gc = Collector()
+        self._switch_interval = sys.getswitchinterval()  # Python's own, put back at the end
         self._report_from = 0  # the first block of the current report's second
 
     # -- set-up --------------------------------------------------------------
@@ -136,6 +138,7 @@ class Daemon:
         # The first open checks the settings against the devices: a device
         # name that does not exist is a configuration error, not an unplug,
         # and its one-line error is all the user sees (so log after it).
+        self._switch_interval = gil.shorten()
         self.gc.start()  # before the streams start: the one full collection must not delay a callback
         self._open(time.monotonic())
         log.info("dtlnd starting: mode %s, model %s, runtime %s", self.settings.mode, self.model_label(),
@@ -248,6 +251,7 @@ class Daemon:
             close()
         self.state_file.remove()
         self.gc.stop()
+        sys.setswitchinterval(self._switch_interval)
         status = 0
         if self.measure:
             # Audio that stopped (or never started) in the run's last seconds: too short for a stall.

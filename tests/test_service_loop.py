@@ -25,7 +25,7 @@ from typing import Callable, ClassVar, Optional
 import numpy as np
 import pytest
 
-from dtlnd import config, service
+from dtlnd import config, gil, service
 from dtlnd.errors import DeviceError
 from dtlnd.measure import Latency
 
@@ -334,6 +334,23 @@ def test_state_file_follows_the_run(fake, tmp_path):
     assert first["state"] == "flowing" and first["runtime"] == "fake" and first["devices"] == "fake first"
     assert first["pid"] == os.getpid() and first["rss_kib"] > 0
     assert not d.state_file.path.exists()
+
+
+def test_switch_interval_is_short_during_the_run_and_python_s_after(fake, tmp_path, monkeypatch):
+    monkeypatch.delenv("DTLND_SWITCH_INTERVAL", raising=False)
+    before = sys.getswitchinterval()
+    seen: list[float] = []
+    run_daemon(tmp_path, 1.0, [(0.5, lambda d: seen.append(sys.getswitchinterval()))])
+    assert seen == [gil.SWITCH_INTERVAL] and before > 5 * gil.SWITCH_INTERVAL
+    assert sys.getswitchinterval() == before
+
+
+def test_a_bad_switch_interval_is_one_line_and_exit_78(tmp_path):
+    env = dict(os.environ, DTLND_SWITCH_INTERVAL="fast")
+    r = subprocess.run([sys.executable, "-m", "dtlnd", "run", "--input", "nonexistent"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 78 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "DTLND_SWITCH_INTERVAL='fast'" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_gc_is_frozen_and_off_during_the_run_and_on_after(fake, tmp_path, monkeypatch):
