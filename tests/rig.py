@@ -361,14 +361,17 @@ TRIES = 4  # runs of a test that needs one the daemon calls clean
 T = TypeVar("T")
 
 
-def until_clean(rig: Rig, attempt: Callable[[int], T], stdout: Callable[[T], str], tries: int = TRIES) -> T:
-    """``attempt(i)`` until the daemon's ``--measure`` summary (``stdout(result)``) says ``result: OK``.
+def until_clean(rig: Rig, attempt: Callable[[int], T], stdout: Callable[[T], str],
+                check: Optional[Callable[[T], bool]] = None, tries: int = TRIES) -> T:
+    """``attempt(i)`` until a clean run: the daemon's ``--measure`` summary (``stdout(result)``) says
+    ``result: OK`` and the test's own comparison (``check(result)``, when given) holds.
 
-    A test of what clean audio looks like (exactness, convergence, delay) needs a run the daemon
-    calls clean.  A run it calls FAIL is tried again, up to ``tries``.  If none is clean, the test
-    fails when jackd kept time (`Rig.trouble`) during any of them: the daemon failed on a quiet
-    rig.  Otherwise it is skipped, naming what jackd logged: the rig, not the daemon, lost time.
-    A FAIL on a quiet rig followed by a clean run is a warning, not hidden.
+    A test of what clean audio looks like (exactness, convergence, delay) needs such a run; a run
+    that is not clean is tried again, up to ``tries``.  A run whose audio is wrong although the
+    daemon said OK and jackd kept time (`Rig.trouble`) fails the test at once: that is a defect
+    the daemon did not notice.  If no run is clean, the test fails when jackd kept time during any
+    of them (the daemon failed on a quiet rig); otherwise it is skipped, naming what jackd logged:
+    the rig, not the daemon, lost time.  A FAIL on a quiet rig followed by a clean run is a warning.
     """
     quiet: list[str] = []
     trouble = ""
@@ -376,11 +379,13 @@ def until_clean(rig: Rig, attempt: Callable[[int], T], stdout: Callable[[T], str
         since = rig.log_size()
         result = attempt(i)
         out = stdout(result)
-        if "result: OK" in out:
+        said_ok = "result: OK" in out
+        if said_ok and (check is None or check(result)):
             if quiet:
                 warnings.warn(f"the daemon said FAIL on a quiet rig before a clean run:\n{quiet[-1]}", stacklevel=2)
             return result
         trouble = rig.trouble(since)
+        assert trouble or not said_ok, f"wrong audio although the daemon said OK and jackd kept time:\n{out}"
         if not trouble:
             quiet.append(out)
     assert not quiet, f"the daemon said FAIL in {len(quiet)} of {tries} runs while jackd kept time:\n{quiet[-1]}"
@@ -434,6 +439,19 @@ def exact_at(y: np.ndarray, ref: np.ndarray, lo: int, hi: int) -> tuple[int, boo
     if lo - d < 0 or hi - d > len(ref):
         return d, False
     return d, bool(np.array_equal(seg, ref[lo - d:hi - d]))
+
+
+def carries_exactly(y: np.ndarray, ref: np.ndarray, edge: int) -> bool:
+    """Whether the recording ``y`` holds ``ref`` bit for bit where it sounds (less ``edge`` samples at each end).
+
+    At least two seconds must compare.
+    """
+    runs = sound_runs(y)
+    if not runs:
+        return False
+    d = lag(y, ref)
+    lo, hi = max(runs[0][0], d) + edge, min(runs[-1][1], d + len(ref)) - edge
+    return hi - lo > 2 * RATE and lo >= d and bool(np.array_equal(y[lo:hi], ref[lo - d:hi - d]))
 
 
 def summary_field(stdout: str, pattern: str) -> tuple[int, ...]:

@@ -37,6 +37,7 @@ from rig import (
     Proc,
     Recorder,
     Rig,
+    carries_exactly,
     daemon,
     lag,
     play,
@@ -167,7 +168,7 @@ def test_stream_is_sample_exact(rig, audio_dir, tmp_path, mode, model, pcm):
         assert "Traceback" not in d.stderr and status in (0, 1), d.stderr
         return y, d
 
-    y, d = until_clean(rig, attempt, lambda r: r[1].stdout)
+    y, d = until_clean(rig, attempt, lambda r: r[1].stdout, lambda r: carries_exactly(r[0], ref, EDGE))
 
     runs = sound_runs(y)
     assert runs, "the loopback recording is all zeros"

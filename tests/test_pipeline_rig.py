@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 from audio_util import read, snr_db
-from rig import RATE, Proc, Recorder, daemon, lag, sound_runs, until_clean, write_raw
+from rig import RATE, Proc, Recorder, carries_exactly, daemon, lag, sound_runs, until_clean, write_raw
 from test_daemon_rig import EDGE, OUT, _aec_input, dtlnd, rig, rig_folder, run_env  # noqa: F401
 
 
@@ -24,6 +24,7 @@ def test_pipelined_stream_is_sample_exact(rig, audio_dir, tmp_path, mode, model)
     r = dtlnd("process", wav, offline, "--mode", mode, "--model", model, "--subtype", "FLOAT", env=rig.env)
     assert r.returncode == 0, r.stderr
     ref = read(offline)
+
     def attempt(i: int) -> tuple[np.ndarray, Proc]:
         rec = Recorder(rig, tmp_path / f"loop{i}.raw")
         time.sleep(0.3)
@@ -35,7 +36,7 @@ def test_pipelined_stream_is_sample_exact(rig, audio_dir, tmp_path, mode, model)
         assert "Traceback" not in d.stderr and status in (0, 1), d.stderr
         return y, d
 
-    y, _ = until_clean(rig, attempt, lambda r: r[1].stdout)
+    y, _ = until_clean(rig, attempt, lambda r: r[1].stdout, lambda r: carries_exactly(r[0], ref, EDGE))
     runs = sound_runs(y)
     assert runs, "the loopback recording is all zeros"
     start, end = runs[0][0], runs[-1][1]
