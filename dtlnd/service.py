@@ -140,7 +140,11 @@ class Daemon:
         # and its one-line error is all the user sees (so log after it).
         self._switch_interval = gil.shorten()
         self.gc.start()  # before the streams start: the one full collection must not delay a callback
-        self._open(time.monotonic())
+        try:
+            self._open(time.monotonic())
+        except BaseException:
+            self._interpreter_as_before()
+            raise
         log.info("dtlnd starting: mode %s, model %s, runtime %s", self.settings.mode, self.model_label(),
                  self.runtime_label())
         started = time.monotonic()  # after the open (seconds, on a loaded machine): --duration is audio time
@@ -250,8 +254,7 @@ class Daemon:
         if callable(close):  # a pipelined processor's worker thread ends here
             close()
         self.state_file.remove()
-        self.gc.stop()
-        sys.setswitchinterval(self._switch_interval)
+        self._interpreter_as_before()
         status = 0
         if self.measure:
             # Audio that stopped (or never started) in the run's last seconds: too short for a stall.
@@ -269,6 +272,11 @@ class Daemon:
             measure_plot.write(self.plot, self.timeline, f"{self.settings.mode} {self.model_label()}")
             log.debug("plot written to %s in %.2f s", self.plot, time.monotonic() - t0)
         return status
+
+    def _interpreter_as_before(self) -> None:
+        """Python's own garbage collection and switch interval again (the run ended, or never began)."""
+        self.gc.stop()
+        sys.setswitchinterval(self._switch_interval)
 
     # -- opening and closing -----------------------------------------------------
 

@@ -345,6 +345,20 @@ def test_switch_interval_is_short_during_the_run_and_python_s_after(fake, tmp_pa
     assert sys.getswitchinterval() == before
 
 
+def test_a_first_open_that_fails_leaves_the_interpreter_as_it_was(fake, tmp_path, monkeypatch):
+    monkeypatch.delenv("DTLND_GC", raising=False)
+    monkeypatch.delenv("DTLND_SWITCH_INTERVAL", raising=False)
+    before = sys.getswitchinterval()
+    fake.fail = DeviceError("input device 'mic' not found")
+    try:
+        with pytest.raises(DeviceError):
+            run_daemon(tmp_path, 1.0, [])
+        assert gc.isenabled() and sys.getswitchinterval() == before
+    finally:
+        gc.unfreeze()
+        gc.enable()
+
+
 def test_a_bad_switch_interval_is_one_line_and_exit_78(tmp_path):
     env = dict(os.environ, DTLND_SWITCH_INTERVAL="fast")
     r = subprocess.run([sys.executable, "-m", "dtlnd", "run", "--input", "nonexistent"], env=env,
