@@ -25,12 +25,14 @@ def test_run_imports_leave_out_what_it_does_not_use():
     """What ``dtlnd run`` imports (its command line, every subcommand's parser included, and the daemon)
     leaves out pyfftw's SciPy interfaces (20 MB resident), the model download's HTTP modules (2-7 MB),
     hashlib with OpenSSL (3.5 MB), the model store and the file code (soundfile, soxr); SciPy itself still
-    imports whole after."""
+    imports whole after.  Modules numpy itself imports do not count (numpy 1.x, the tflite-runtime
+    install's, brings hashlib through numpy.random)."""
     unused = ("scipy", "http", "ssl", "urllib.request", "email", "hashlib", "_hashlib", "soundfile", "soxr",
               "dtlnd.store", "dtlnd.download", "dtlnd.offline")
-    code = ("import importlib.util, sys; import dtlnd.cli; dtlnd.cli.build_parser(); "
+    code = ("import importlib.util, sys, numpy; base = set(sys.modules); import dtlnd.cli; dtlnd.cli.build_parser(); "
             "import dtlnd.dsp as d, dtlnd.service, dtlnd.audio, dtlnd.duplex; "
-            f"print(d.pyfftw is not None, sorted(m for m in sys.modules if m.startswith({unused!r}))); "
+            f"print(d.pyfftw is not None, sorted(m for m in sys.modules if m.startswith({unused!r}) "
+            "and m not in base)); "
             "has = importlib.util.find_spec('scipy') is not None; "
             "fft = importlib.import_module('scipy.fft') if has else None; "
             "print(fft is None or float(fft.rfft([1.0, 2.0])[0].real) == 3.0)")
