@@ -287,6 +287,7 @@ class Daemon:
         self._watch.restart(now)
         self._enter(State.OPENING)
         self.pipeline.start()
+        devices.unload_unused_plugins()
 
     def _reopen(self, now: float) -> Optional[Exception]:
         """Open for the current settings with a fresh device list (PortAudio lists once per init).

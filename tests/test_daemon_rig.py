@@ -10,8 +10,8 @@ DTLND_REQUIRE_AUDIO_RIG=1 (CI).
 What is checked: the streamed output equals ``dtlnd process`` sample for
 sample (NS float, AEC quantized and aec+ns: bit-exact); the delay ``--measure``
 reports (aec+ns: both stages', 48 ms algorithmic) is the one a cross-correlation finds; loopback consumers may come
-and go; systemd notify, SIGTERM, SIGHUP; device loss; bad settings fail
-in one line.
+and go; systemd notify, SIGTERM, SIGHUP; the ALSA plugins the streams do not
+use are unloaded; device loss; bad settings fail in one line.
 """
 
 from __future__ import annotations
@@ -479,6 +479,37 @@ def test_sighup_finds_a_device_added_after_start(rig, speech_raw, tmp_path):
 
 
 # -- 7: the device goes away and comes back ----------------------------------------------------
+
+def _alsa_plugins(maps: str) -> set[str]:
+    """The ALSA PCM plugins (``libasound_module_pcm_<name>.so``) a /proc/PID/maps text shows mapped."""
+    return set(re.findall(r"libasound_module_pcm_(\w+)\.so", maps))
+
+
+def test_plugins_the_streams_do_not_use_are_unloaded(rig, speech_raw, tmp_path):
+    """PortAudio's device scan loads every ALSA plugin; once the streams are open only theirs (jack) stay.
+
+    On this machine the scan maps a52, pulse and the like (libavcodec,
+    libpulse): about 10 MB of RSS the daemon never uses.  A reload, which
+    scans again, unloads them again and still opens.
+    """
+    show_maps = "import os, sounddevice; print(open(f'/proc/{os.getpid()}/maps').read())"
+    scan = subprocess.run([sys.executable, "-c", show_maps], env=rig.env, capture_output=True, text=True, timeout=60)
+    assert scan.returncode == 0, scan.stderr
+    scanned = _alsa_plugins(scan.stdout)
+    if scanned <= {"jack"}:
+        pytest.skip(f"PortAudio's scan loads no ALSA plugin but jack here ({sorted(scanned)}): nothing to unload")
+    cfg = tmp_path / "dtlnd.yaml"
+    _config(cfg, "dtln_ns_quant")
+    d = daemon(rig, "--config", cfg, env=run_env(rig, speech_raw))
+    d.wait_for("audio flowing")
+    assert _alsa_plugins(Path(f"/proc/{d.pid}/maps").read_text()) == {"jack"}, f"the scan loaded {sorted(scanned)}"
+    t_hup = d.signal(signal.SIGHUP)
+    d.wait_for("reloaded: input", after=t_hup)
+    d.wait_for("audio flowing", after=t_hup)
+    assert _alsa_plugins(Path(f"/proc/{d.pid}/maps").read_text()) == {"jack"}
+    assert _loop_has_sound(rig, tmp_path / "after.raw") > -60
+    assert stop(d) == 0, d.stderr
+
 
 def test_device_loss_and_recovery(rig_folder, speech_raw, tmp_path):
     """jackd stops mid-run and starts again: 'audio lost' once, then 'audio resumed', same process.
