@@ -129,7 +129,7 @@ def unload_unused_plugins() -> bool:
     PortAudio's initialisation opens every PCM the ALSA configuration names,
     so each installed plugin's library stays mapped for good: with
     libasound2-plugins that is libavcodec and its codecs (a52, lavrate),
-    libpulse, glib and more, about 10 MB of RSS.  ALSA's
+    libpulse, glib and more: 11 MB of RSS on the test rig.  ALSA's
     ``snd_config_update_free_global`` (what ``Pa_Terminate`` calls) frees its
     global configuration and closes the plugin libraries no open PCM holds;
     the next open reads the configuration again.  Call it from the thread
