@@ -298,10 +298,13 @@ class AudioPipeline:
             if self._int_scale is None:
                 np.copyto(outdata, self._out_col)
             else:
-                np.multiply(buf, self._int_scale, out=self._out_scaled)
-                np.rint(self._out_scaled, out=self._out_scaled)
-                np.clip(self._out_scaled, self._int_limits[0], self._int_limits[1], out=self._out_scaled)
-                np.copyto(outdata, self._scaled_col, casting="unsafe")
+                # Clipped, then rounded straight into outdata: the bounds are whole numbers, so this is
+                # rint-then-clip; plain ufuncs, as np.clip's Python wrapper costs more than the work.
+                scaled = self._out_scaled
+                np.multiply(buf, self._int_scale, out=scaled)
+                np.minimum(scaled, self._int_limits[1], out=scaled)
+                np.maximum(scaled, self._int_limits[0], out=scaled)
+                np.rint(self._scaled_col, out=outdata, casting="unsafe")
             stats.outputs += 1
         except Exception as exc:
             outdata.fill(0)
