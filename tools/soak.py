@@ -16,10 +16,11 @@ delay, dropouts and delay steps (see tools/rigtools.py for the definitions).
 At the end it prints, per mode: the RSS slope in MB per hour (least
 squares over the samples after the first minute), CPU median, delay range,
 and the glitch count: xruns + deadline misses + gaps + lost audio from the
-daemon's summary, plus the probe's dropouts and delay steps.  It is not a
-CI test.  Exit status: 0 if every mode met the goals (slope within
-±1 MB/h, no glitch), 1 if not, 2 on bad arguments, 70 if something would
-not start.
+daemon's summary, plus the probe's dropouts and delay steps; and beside it
+the cycles the rig's jackd lost itself (clock slips, late clients: see
+tests/rig.py), which the daemon rightly counts too.  It is not a CI test.
+Exit status: 0 if every mode met the goals (slope within ±1 MB/h, no
+glitch), 1 if not, 2 on bad arguments, 70 if something would not start.
 """
 
 from __future__ import annotations
@@ -84,10 +85,12 @@ class ModeRun:
             rc = None
         probe = self.probe.stop()
         self.player.stop()
+        jackd = {"clock_slips": self.rig.clock_slips(), "late_client_lines": len(self.rig.late_clients())}
         self.rig.stop()
-        return self.report(rc, probe)
+        return self.report(rc, probe, jackd)
 
-    def report(self, rc: Optional[int], probe: rt.ProbeFigures) -> dict:
+    def report(self, rc: Optional[int], probe: rt.ProbeFigures, jackd: dict) -> dict:
+        """The figures for one mode; ``jackd``: the cycles the rig's jackd itself lost (its log)."""
         summary = rt.dtlnd_summary(self.proc.stdout)
         if len(summary) <= 1 and self.samples:  # no summary: the last --measure line's counters
             summary.update(self.samples[-1]["daemon"])
@@ -103,6 +106,7 @@ class ModeRun:
                 "rss_slope_mb_per_h": round(slope, 3), "rss_mb_first": float(rss[0]) if len(rss) else None,
                 "rss_mb_last": float(rss[-1]) if len(rss) else None, "cpu_s_per_s_median": float(np.median(cpu)),
                 "glitches": glitches, "daemon_glitches": daemon_glitches, "daemon_summary": summary, "probe": pf,
+                "jackd": jackd,
                 "samples": self.samples, "stderr_tail": self.proc.stderr.splitlines()[-5:]}
 
 
@@ -127,6 +131,9 @@ def print_report(r: dict) -> None:
     print(f"  glitches: {r['glitches']} = daemon {r['daemon_glitches']} (summary: "
           + ", ".join(f"{k} {int(v)}" for k, v in r["daemon_summary"].items() if k in rt.COUNTERS)
           + f") + probe dropouts {p['dropouts']} ({p['dropout_blocks']} blocks) + delay steps {p['delay_steps']}")
+    j = r["jackd"]
+    print(f"  the rig's own losses (jackd's log): {j['clock_slips']} clock slips, {j['late_client_lines']} "
+          "late-client lines (each damages the daemon's audio and the probe's alike)")
     print(f"  delay mic -> loopback: median {p['delay_ms_median']:.1f} ms, range {p['delay_ms_min']:.1f}-"
           f"{p['delay_ms_max']:.1f} ms over {p['delay_windows']} of {p['windows']} windows; daemon says "
           f"{r['daemon_summary'].get('latency_ms', float('nan')):.1f} ms, result {r['daemon_summary'].get('result')}")
