@@ -478,8 +478,6 @@ def test_sighup_finds_a_device_added_after_start(rig, speech_raw, tmp_path):
     assert stop(d) == 0, d.stderr
 
 
-# -- 7: the device goes away and comes back ----------------------------------------------------
-
 def _alsa_plugins(maps: str) -> set[str]:
     """The ALSA PCM plugins (``libasound_module_pcm_<name>.so``) a /proc/PID/maps text shows mapped."""
     return set(re.findall(r"libasound_module_pcm_(\w+)\.so", maps))
@@ -489,8 +487,9 @@ def test_plugins_the_streams_do_not_use_are_unloaded(rig, speech_raw, tmp_path):
     """PortAudio's device scan loads every ALSA plugin; once the streams are open only theirs (jack) stay.
 
     On this machine the scan maps a52, pulse and the like (libavcodec,
-    libpulse): about 10 MB of RSS the daemon never uses.  A reload, which
-    scans again, unloads them again and still opens.
+    libpulse): about 11 MB of RSS the daemon never uses.  After a reload
+    (PortAudio restarted, so the scan ran again) it is still only jack,
+    and the audio flows.
     """
     show_maps = "import os, sounddevice; print(open(f'/proc/{os.getpid()}/maps').read())"
     scan = subprocess.run([sys.executable, "-c", show_maps], env=rig.env, capture_output=True, text=True, timeout=60)
@@ -510,6 +509,8 @@ def test_plugins_the_streams_do_not_use_are_unloaded(rig, speech_raw, tmp_path):
     assert _loop_has_sound(rig, tmp_path / "after.raw") > -60
     assert stop(d) == 0, d.stderr
 
+
+# -- 7: the device goes away and comes back ----------------------------------------------------
 
 def test_device_loss_and_recovery(rig_folder, speech_raw, tmp_path):
     """jackd stops mid-run and starts again: 'audio lost' once, then 'audio resumed', same process.
