@@ -4,7 +4,7 @@ Usage, from the repository root:
 
     python tools/compare_peer.py --peer /path/to/PiDTLN [--configs ns,aec128,aec256]
         [--runs 3] [--seconds 20] [--warmup 3] [--dtlnd-args "ARGS" | "CONFIG:ARGS"]...
-        [--variant "NAME:ARGS"]... [--floor] [--threads] [--json [FILE]] [--shared DIR]
+        [--variant "NAME:ARGS"]... [--floor] [--invoke-floor] [--threads] [--json [FILE]] [--shared DIR]
 
 The peer's scripts run unchanged from its checkout (nothing of it is copied
 here), with ``--latency 0.024`` (its lowest-latency setting) and the rig's
@@ -27,7 +27,11 @@ Configurations (peer script vs ``dtlnd run``):
 "shared:--clock shared"`` adds a dtlnd variant with those flags to every
 run's alternation (peer, dtlnd, shared, peer, dtlnd, shared, ...) and a
 column to the table; ``--variant "pipelined:aec256:--pipeline"`` adds one
-for that configuration only.  Note: with pyfftw
+for that configuration only.  ``--floor`` adds a bare duplex passthrough (the rig's
+I/O alone) and ``--invoke-floor`` the same passthrough calling the
+configuration's two ``invoke()`` once per block and nothing else: about
+the least a DTLN program on this runtime and these PCMs can cost, whatever
+code it runs around the models.  Note: with pyfftw
 installed (its default), the peer's ``aec.py`` builds its output from the
 reference's spectrum, not the microphone's: its second ``rfft()`` call
 returns the same pyfftw output array as the first and overwrites it
@@ -76,14 +80,25 @@ CONFIGS = {
     "aec256": {"script": "aec_mp.py", "peer": ["-i", "rig_aec_in", "-o", "rig_loop_play", "-m", "256"],
                "mode": "aec", "model": "dtln_aec_256_quant", "files": "dtln_aec_256_quant"},
 }
-#: ``--floor``: the cheapest duplex program sounddevice allows, no model (what the rig's I/O alone costs).
+#: ``--floor``: the cheapest duplex program sounddevice allows (what the rig's I/O alone costs); given model
+#: files (``--invoke-floor``), it also calls their ``invoke()`` once each per block and does nothing else: about
+#: the least a DTLN program on this runtime pays (no FFT, no state copies, no glue).
 BARE = """import sys, time
 import sounddevice as sd
-inp, out, channels, latency = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+inp, out, channels, latency, models = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5:]
+invokes = []
+if models:
+    from ai_edge_litert.interpreter import Interpreter
+    for path in models:
+        interpreter = Interpreter(model_path=path, num_threads=1)
+        interpreter.allocate_tensors()
+        invokes.append(interpreter.invoke)
 
 
 def callback(indata, outdata, frames, time_info, status):
     outdata[:] = indata[:len(outdata)]
+    for invoke in invokes:
+        invoke()
 
 
 with sd.RawStream(device=(inp, out), samplerate=16000, blocksize=128, dtype="float32", latency=latency,
@@ -96,6 +111,7 @@ SHIM = "from ai_edge_litert.interpreter import *  # noqa: F403\nfrom ai_edge_lit
 PEER_FLAGS = re.compile(r"input overflow|input underflow|output overflow|output underflow|priming output")
 SHM_NAMES = ("in_lpb", "est_block", "out_block")  # aec_mp.py's fixed shared-memory blocks
 METRICS = ("cpu_s_per_s", "rss_mb", "pss_mb", "delay_ms")
+FLOORS = ("bare", "invokes")  # the programs bare.py runs (--floor, --invoke-floor)
 
 
 def fail(code: int, msg: str) -> None:
@@ -131,10 +147,12 @@ def prepare(peer: Path, models: Path, configs: list[str]) -> Path:
 
 def run_one(kind: str, cfg: dict, rig: rt.Rig, ctx: argparse.Namespace, variant: tuple[str, ...] = ()) -> dict:
     """Start one program (``variant``: more dtlnd flags), measure one window, stop it; its figures."""
-    if kind == "bare":
+    if kind in FLOORS:
         pcm = "rig_mic_in" if cfg["mode"] == "ns" else "rig_aec_in"
         cmd = [sys.executable, str(ctx.work / "bare.py"), pcm, "rig_loop_play", "1" if cfg["mode"] == "ns" else "2",
                LATENCY]
+        if kind == "invokes":
+            cmd += [str(ctx.models / f"{cfg['files']}_{i}.tflite") for i in (1, 2)]
         proc = rt.Proc(cmd, rig.with_env(PYTHONUNBUFFERED="1"), cwd=ctx.work)
         ready = r"^#{20}"
     elif kind == "peer":
@@ -164,7 +182,7 @@ def run_one(kind: str, cfg: dict, rig: rt.Rig, ctx: argparse.Namespace, variant:
     row = {"program": kind, "cmd": " ".join(cmd[1:]), "exit": rc, "alive_at_end": alive, "processes": len(pids),
            "cpu_s_per_s": (c1 - c0) / (t1 - t0), "threads": rt.thread_shares(th0, th1, t1 - t0),
            "rss_mb": rss, "pss_mb": pss, "delay_ms": pf["delay_ms_median"], "probe": pf}
-    if kind in ("peer", "bare"):
+    if kind == "peer" or kind in FLOORS:
         row["xruns"] = sum(len(PEER_FLAGS.findall(line)) for line in proc.stdout.splitlines())
         row["program_says"] = {}
     else:
@@ -250,6 +268,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "(to stdout without FILE; the table then goes to stderr)")
     ap.add_argument("--floor", action="store_true", help="add a bare duplex passthrough (sounddevice RawStream, "
                     "a one-line callback, no model, the peer's latency) to every alternation: the rig's I/O alone")
+    ap.add_argument("--invoke-floor", action="store_true", help="add the same passthrough calling the "
+                    "configuration's two models' invoke() once per block, nothing else: about the least a DTLN "
+                    "program on this runtime pays")
     ap.add_argument("--threads", action="store_true", help="print each run's CPU per thread (the main "
                     "process's threads alive at the end of the window), busiest first")
     ap.add_argument("--shared", help="the shared folder (models/, audio/, alsa-rig/)")
@@ -269,8 +290,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     variants: dict[str, dict[str, list[str]]] = {}
     for v in a.variant:
         name, sep, rest = v.partition(":")
-        if not sep or not name or name in ("peer", "dtlnd", "bare"):
-            ap.error(f"--variant {v!r}: give NAME:ARGS, NAME not peer, dtlnd or bare")
+        if not sep or not name or name in ("peer", "dtlnd", *FLOORS):
+            ap.error(f"--variant {v!r}: give NAME:ARGS, NAME not peer, dtlnd, {' or '.join(FLOORS)}")
         one, scope = parse_extra([rest], configs), rest.partition(":")[0]
         variants[name] = {c: one[c] for c in configs if scope not in CONFIGS or c == scope}
     report = sys.stderr if a.json == "-" else sys.stdout
@@ -282,12 +303,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         for c in configs:
             cfg = dict(CONFIGS[c], extra=extra[c], peer_extra=peer_extra[c])
-            programs = ([("peer", ()), ("dtlnd", ())] + [("bare", ())] * a.floor
+            programs = ([("peer", ()), ("dtlnd", ())] + [("bare", ())] * a.floor + [("invokes", ())] * a.invoke_floor
                         + [(n, tuple(v[c])) for n, v in variants.items() if c in v])
             for i in range(a.runs):
                 for name, flags in programs:
                     wait_clients_gone(rig)
-                    r = run_one(name if name in ("peer", "bare") else "dtlnd", cfg, rig, a, flags)
+                    r = run_one(name if name == "peer" or name in FLOORS else "dtlnd", cfg, rig, a, flags)
                     r.update(config=c, run=i + 1, program=name)
                     rows.append(r)
                     print(f"{c} run {i + 1} {name:5}: cpu {r['cpu_s_per_s']:.3f} s/s, rss {r['rss_mb']:.1f} MB, "
