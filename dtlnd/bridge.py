@@ -58,13 +58,14 @@ from .measure import BlockStats
 class ClockBridge:
     def __init__(self, target: int, block: int = SHIFT, capacity: int = 1 << 14,
                  out_step: float = 1.0, time_constant: float = 1.0, max_correction: float = 0.005,
-                 stats: Optional[BlockStats] = None, max_read: int = 4096) -> None:
+                 stats: Optional[BlockStats] = None, max_read: int = 4096, step: float = 0.5) -> None:
         """``target``: samples held between writer and reader (the buffering latency).
 
         ``out_step``: 16 kHz samples per output sample (16000 / output rate).
         ``time_constant``: seconds in which a fill error would be corrected.
         ``stats``: where the counters go (a fresh `BlockStats` if none).
         ``max_read``: the largest ``out`` a read may be given.
+        ``step``: blocks the fast mean fill must leave the slow one by to be a step (undone by whole blocks).
         """
         self.target = target
         self.block = block
@@ -73,7 +74,7 @@ class ClockBridge:
         self._buf = np.zeros(capacity, np.float32)
         self._step = out_step
         self._band = block // 4  # the mean fill may wander this far from home before resampling
-        self._step_size = block // 2  # the fast mean this far from the slow one is a step, not drift
+        self._step_size = int(block * step)  # the fast mean this far from the slow one is a step, not drift
         self._hold = 16  # reads a step must last before it is undone (jitter and bursts last less)
         self._settle = RATE // 2  # 16 kHz samples read while home is learned
         self._gain = 1.0 / (RATE * time_constant)
@@ -108,6 +109,10 @@ class ClockBridge:
         self._home0: Optional[float] = None
         self.mean_fill = self.fast_fill = float(self.target)
         self.fill_seen = float(self.target)  # the last read's fill, corrected for the writer's phase
+        #: 16 kHz samples the reader holds downstream beyond their usual level, set before each read and
+        #: counted in the fill it steers: `dtlnd.push` reads only when the playback device has room, and
+        #: sets its queue's deviation from one period short of full; 0 for a reader whose buffer is kept full
+        self.held = 0.0
         self.mean_ahead = 0.0  # the mean of that correction
         self._settled = 0.0  # 16 kHz samples read since priming, up to ``_settle``
         self._settle_sum = 0.0
@@ -184,7 +189,7 @@ class ClockBridge:
             # Where the writer is by now (at most a block on): the fill then does not depend on which
             # callback of a cycle runs first, which flips at random on one clock.
             ahead = min(self.block, max(0, (now - self._t_write) * RATE // 1_000_000_000))
-            self.fill_seen = fill + ahead
+            self.fill_seen = fill + ahead + self.held
             self.mean_ahead += self._alpha * (ahead - self.mean_ahead)
             self._track(self.fill_seen, n * self._step)
         step = self._step * self.ratio
@@ -347,6 +352,7 @@ class ClockBridge:
         The samples held at a read, without the phase correction the
         control uses: the time since the last write is already in the
         input side's one-period figure (the end-to-end delay on the rig,
-        cross-correlated, agrees with this one).
+        cross-correlated, agrees with this one).  With ``held``, it includes
+        the downstream queue's mean deviation from its usual level.
         """
         return self.mean_fill - self.mean_ahead

@@ -11,6 +11,11 @@ into an array made when the stream opens, calls the Python callback with
 it, and copies the output array into PortAudio's buffer (``ffi.memmove``:
 one C call each way, no object made).
 
+`open_writer` opens an output stream in PortAudio's blocking mode, for a
+caller that writes it from another stream's callback (`dtlnd.push`): its
+write and write-available calls go straight to PortAudio with the array
+bound once, no sounddevice wrapper in between.
+
 The Python callback's duties are the ones `dtlnd.audio` states; here it
 gets ``(indata, frames, time, status)`` (output: ``outdata``; duplex: both),
 like sounddevice's, except that ``time`` is None and ``status`` is
@@ -32,6 +37,7 @@ from . import devices
 
 INPUT_OVERFLOW = 0x2  # paInputOverflow
 OUTPUT_UNDERFLOW = 0x4  # paOutputUnderflow
+OUTPUT_UNDERFLOWED = -9980  # paOutputUnderflowed: Pa_WriteStream's "the device ran dry since the last write"
 _CONTINUE, _ABORT = 0, 2  # paContinue, paAbort
 
 
@@ -93,3 +99,33 @@ def open_stream(kind: str, callback: Callable[..., None], *, device: Any, sample
     # sounddevice keeps only a cast of the pointer: the callback object and its arrays live with the stream.
     stream._dtlnd_callback = (pointer, indata, outdata)
     return stream
+
+
+class Writer:
+    """A stopped blocking-mode output stream and the two calls its writer makes (see `open_writer`)."""
+
+    def __init__(self, stream: Any, data: np.ndarray) -> None:
+        sd = devices.sd()
+        self.stream = stream
+        #: the array `write` sends; fill it before each call
+        self.data = data
+        ptr, buf, frames = stream._ptr, sd._ffi.from_buffer(data), len(data)
+        available, write = sd._lib.Pa_GetStreamWriteAvailable, sd._lib.Pa_WriteStream
+        #: frames the device's buffer has room for, or a negative PortAudio error code
+        self.room: Callable[[], int] = lambda: available(ptr)
+        #: send ``data``: 0, `OUTPUT_UNDERFLOWED`, or another (negative) PortAudio error code.  It waits only
+        #: when the buffer has less room than ``len(data)``: call it after `room` said there is.
+        self.write: Callable[[], int] = lambda: write(ptr, buf, frames)
+        #: the buffer's size in frames (all room: nothing is written before the stream starts)
+        self.size = self.room()
+
+
+def open_writer(*, device: Any, samplerate: int, channels: int, dtype: str, blocksize: int, latency: Any) -> Writer:
+    """Open a stopped blocking-mode output stream, written ``blocksize`` frames at a time; sounddevice's parameters.
+
+    Raises `sounddevice.PortAudioError` as sounddevice does.
+    """
+    sd = devices.sd()
+    stream = sd._StreamBase("output", samplerate=samplerate, blocksize=blocksize, device=device, channels=channels,
+                            dtype=dtype, latency=latency, callback=None, wrap_callback=None)
+    return Writer(stream, np.zeros((blocksize, channels), dtype))
