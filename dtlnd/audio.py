@@ -141,6 +141,9 @@ class LostTime:
 class AudioPipeline:
     """Open (``start``) and close the two streams for one set of settings."""
 
+    #: how far (blocks) the bridge's fill must step to be undone by whole blocks (`ClockBridge`'s ``step``)
+    step_blocks = 0.5
+
     def __init__(self, settings: Settings, processor: HopProcessor, stats: BlockStats,
                  on_finished: Optional[Callable[[], None]] = None) -> None:
         """``on_finished``: called (in PortAudio's thread) when either stream ends, so a dead one is seen at once."""
@@ -158,13 +161,13 @@ class AudioPipeline:
         self.out_rate = devices.pick_rate(self.out_dev, "output", s.output.rate, s.output.channels)
         self.mic_ch = s.input.channel % n_in
         self.far_ch = s.ref_channel % n_in if processor.channels == 2 else None
-        target = s.buffer_blocks * SHIFT + SHIFT // 2  # + half a block: the clocks' phase sweep
+        target = self._ring_blocks() * SHIFT + SHIFT // 2  # + half a block: the clocks' phase sweep
         if (self.in_rate != RATE and not resample.integer_factor(self.in_rate)) or \
                 (self.out_rate != RATE and not resample.integer_factor(self.out_rate)):
             # soxr's stream returns its output in bursts (0 to ~540 samples per 8 ms at 44.1 kHz HQ):
             # 40 ms more in the bridge, or it runs dry between bursts.
             target += 5 * SHIFT
-        self.bridge = ClockBridge(target=target, block=SHIFT, stats=stats)
+        self.bridge = ClockBridge(target=target, block=SHIFT, stats=stats, step=self.step_blocks)
         self._lost = LostTime(self.in_rate, stats)
         self._hop_read = np.zeros(SHIFT, np.float32)
         self._hop_out = np.zeros(SHIFT, np.float32)
@@ -207,6 +210,10 @@ class AudioPipeline:
         # Column views made once: outdata is (frames, channels); every channel gets the mono signal.
         self._out_col = self._out_hi[:, None]
         self._scaled_col = self._out_scaled[:, None]
+
+    def _ring_blocks(self) -> int:
+        """Whole blocks of slack in the clock bridge (`dtlnd.push` keeps its slack in the device instead)."""
+        return self.settings.buffer_blocks
 
     def _open_streams(self, n_in: int, dtype: str, in_block: int, out_block: int,
                       on_finished: Optional[Callable[[], None]]) -> None:
@@ -287,29 +294,33 @@ class AudioPipeline:
                 stats.output_underflows += 1
             if not self._rt["output"]:
                 self._realtime("output")
-            buf = self._out_hi
-            if self._out_fifo is not None:
-                self._out_fifo.fill(self.bridge, buf)
-            elif self._up is not None:
-                self.bridge.read(self._hop_read)
-                self._up.process(self._hop_read, buf)
-            else:
-                self.bridge.read(buf)
-            if self._int_scale is None:
-                np.copyto(outdata, self._out_col)
-            else:
-                # Clipped, then rounded straight into outdata: the bounds are whole numbers, so this is
-                # rint-then-clip; plain ufuncs, as np.clip's Python wrapper costs more than the work.
-                scaled = self._out_scaled
-                np.multiply(buf, self._int_scale, out=scaled)
-                np.minimum(scaled, self._int_limits[1], out=scaled)
-                np.maximum(scaled, self._int_limits[0], out=scaled)
-                np.rint(self._scaled_col, out=outdata, casting="unsafe")
+            self._fill_output(outdata)
             stats.outputs += 1
         except Exception as exc:
             outdata.fill(0)
             stats.callback_errors += 1
             stats.last_error = exc
+
+    def _fill_output(self, outdata: np.ndarray) -> None:
+        """The bridge's next samples at the device rate, in the output format, into every channel of ``outdata``."""
+        buf = self._out_hi
+        if self._out_fifo is not None:
+            self._out_fifo.fill(self.bridge, buf)
+        elif self._up is not None:
+            self.bridge.read(self._hop_read)
+            self._up.process(self._hop_read, buf)
+        else:
+            self.bridge.read(buf)
+        if self._int_scale is None:
+            np.copyto(outdata, self._out_col)
+        else:
+            # Clipped, then rounded straight into outdata: the bounds are whole numbers, so this is
+            # rint-then-clip; plain ufuncs, as np.clip's Python wrapper costs more than the work.
+            scaled = self._out_scaled
+            np.multiply(buf, self._int_scale, out=scaled)
+            np.minimum(scaled, self._int_limits[1], out=scaled)
+            np.maximum(scaled, self._int_limits[0], out=scaled)
+            np.rint(self._scaled_col, out=outdata, casting="unsafe")
 
     # -- control -------------------------------------------------------------
 
@@ -331,6 +342,11 @@ class AudioPipeline:
     @property
     def active(self) -> bool:
         return bool(self.input_stream.active and self.output_stream.active)
+
+    @property
+    def output_blocked(self) -> bool:
+        """Whether a stopped output holds up the input as well (`dtlnd.push`); not here, each has its thread."""
+        return False
 
     def close(self, timeout: float = 2.0) -> bool:
         """Stop both streams now (abort: nothing to drain on a live stream); False if the driver blocked it.

@@ -108,7 +108,12 @@ class Settings:
         "devices on one clock (the same card, or snd-aloop with timer_source= the capture card); auto: shared "
         "when dtlnd can tell the clocks are one", flag="--clock", metavar="separate|shared|auto",
         choices=("separate", "shared", "auto"))
-    buffer_blocks: int = setting(2, "8 ms blocks held between the capture and playback clocks",
+    playback: str = setting(
+        "push", "clock: separate only.  push: the capture callback writes the playback stream (one audio thread, "
+        "the slack in the device's buffer); callback: the playback stream has its own callback thread (also used "
+        "for output rates that need soxr)", flag="--playback", metavar="push|callback", choices=("push", "callback"))
+    buffer_blocks: int = setting(2, "8 ms blocks of slack between the capture and playback clocks (push: in the "
+                                 "playback device's buffer; callback: in the clock bridge)",
                                  flag="--buffer-blocks", metavar="N", bounds=(1, 64))
     rt_priority: int = setting(20, "SCHED_FIFO priority for the audio threads; 0: do not ask",
                                flag="--rt-priority", metavar="N", bounds=(0, 99))

@@ -35,6 +35,7 @@ from .constants import RATE, SHIFT
 from .engine import HopProcessor
 from .errors import ConfigError
 from .measure import BlockStats
+from .push import PushPipeline
 from .streams import open_stream
 
 log = logging.getLogger("dtlnd")
@@ -230,10 +231,12 @@ def _card_label(card: str, cards: dict[str, tuple[str, str]]) -> str:
 
 def open_pipeline(settings: Settings, processor: HopProcessor, stats: BlockStats,
                   on_finished: Optional[Callable[[], None]] = None, root: Path = Path("/"),
-                  separate: type[AudioPipeline] = AudioPipeline) -> AudioPipeline:
-    """The pipeline ``settings.clock`` asks for (auto: decided from the devices, and logged).
+                  separate: type[AudioPipeline] = AudioPipeline,
+                  push: type[AudioPipeline] = PushPipeline) -> AudioPipeline:
+    """The pipeline ``clock`` and ``playback`` ask for (clock: auto is decided from the devices, and logged).
 
-    ``separate``: the two-stream class (the service passes its own name for it).
+    ``separate``, ``push``: the classes for ``clock: separate`` with ``playback: callback`` and ``push``
+    (the service passes its own names for them).
     """
     s = settings
     clock, why = s.clock, ""
@@ -252,5 +255,11 @@ def open_pipeline(settings: Settings, processor: HopProcessor, stats: BlockStats
         else:
             log.info("clock: auto chose separate: %s", why)
         clock = "separate"
-    cls = DuplexPipeline if clock == "shared" else separate
-    return cls(settings, processor, stats, on_finished=on_finished)
+    if clock == "shared":
+        return DuplexPipeline(settings, processor, stats, on_finished=on_finished)
+    if s.playback == "push":
+        try:
+            return push(settings, processor, stats, on_finished=on_finished)
+        except ConfigError as exc:  # an output rate that needs soxr
+            log.info("%s: its own playback callback instead", exc)
+    return separate(settings, processor, stats, on_finished=on_finished)

@@ -34,6 +34,7 @@ from .errors import ConfigError, DeviceError, DtlndError, UsageError
 from .gcpolicy import Collector
 from .measure import BlockStats, Snapshot
 from .notify import Notifier
+from .push import PushPipeline
 from .status import ProcessUsage, StateFile
 from .watch import Backoff, StallWatch
 
@@ -209,7 +210,7 @@ class Daemon:
         check_xruns = getattr(p, "check_xruns", None)  # clock: shared (dtlnd.duplex)
         if check_xruns is not None:
             check_xruns(now)
-        reason = "the stream stopped" if p is None or not p.active else self._watch.stalled(now)
+        reason = "the stream stopped" if p is None or not p.active else self._watch.stalled(now, p.output_blocked)
         if reason is None:
             return False
         if self.stats.callback_errors != self._errors_named:  # a new error since the last loss: name it
@@ -283,7 +284,7 @@ class Daemon:
     def _open(self, now: float) -> None:
         """Open and start a pipeline; it counts as flowing once both callbacks ran *after* this."""
         self.pipeline = open_pipeline(self.settings, self.processor, self.stats, on_finished=self._on_finished,
-                                      separate=AudioPipeline)
+                                      separate=AudioPipeline, push=PushPipeline)
         self._watch.restart(now)
         self._enter(State.OPENING)
         self.pipeline.start()

@@ -58,12 +58,18 @@ class StallWatch:
         """Both callbacks ran since ``restart``."""
         return all(c > b for c, b in zip(self.seen, self.base))
 
-    def stalled(self, now: float) -> Optional[str]:
-        """Why the audio counts as lost, or None; names the side only when the other moved lately."""
+    def stalled(self, now: float, output_blocked: bool = False) -> Optional[str]:
+        """Why the audio counts as lost, or None; names the side only when the other moved lately.
+
+        ``output_blocked``: the pipeline says its output write holds both sides up (`dtlnd.push`).
+        """
         quiet = [now - t for t in self.moved]
         if max(quiet) <= STALL:
             return None
-        side = "" if min(quiet) > STALL / 2 else ("input " if quiet[0] > quiet[1] else "output ")
+        if output_blocked:
+            side = "output "
+        else:
+            side = "" if min(quiet) > STALL / 2 else ("input " if quiet[0] > quiet[1] else "output ")
         return f"no {side}audio for {STALL:.1f} s"
 
     def moved_since_ping(self) -> bool:

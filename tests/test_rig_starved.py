@@ -6,11 +6,13 @@ jackd and everything not starved run on the other CPU and keep time.
 * The whole daemon on CPU 0, hogged in 20 ms bursts 2 ms apart for 1.5 s
   (aec+ns, the slowest chain): a burst that lands while a block is being
   processed stretches it past the 8 ms budget, so late blocks are counted.
-* Only the input callback's thread (the writer) stalled 3 x 0.3 s: input
-  overflows, deadline misses (the reader finds samples missing) and lost
-  audio.  Only the output callback's thread (the reader): output underflows
-  and whole blocks dropped; stalled over a second (past the bridge's ring):
-  a re-centring.
+* With ``playback: callback``, only the input callback's thread (the
+  writer) stalled 3 x 0.3 s: input overflows, deadline misses (the reader
+  finds samples missing) and lost audio.  Only the output callback's thread
+  (the reader): output underflows and whole blocks dropped; stalled over a
+  second (past the bridge's ring): a re-centring.
+* With ``playback: push`` the one audio thread stalled 3 x 0.3 s: input
+  overflows, output underflows (the device's buffer ran dry) and lost audio.
 
 Whatever the daemon counts must be on the result line with its count, and
 the run exits 1.  Needs root or CAP_SYS_NICE for the hog's priority, and
@@ -131,7 +133,7 @@ def test_a_starved_daemon_counts_late_blocks_and_fails(rig, tmp_path):
 
 
 def audio_threads(d: Proc, priority: int) -> list[int]:
-    """TIDs of the daemon's threads running SCHED_FIFO at ``priority`` (its two stream callbacks), oldest first."""
+    """TIDs of the daemon's threads running SCHED_FIFO at ``priority`` (its stream callbacks), oldest first."""
     found = []
     for t in os.listdir(f"/proc/{d.pid}/task"):
         tid = int(t)
@@ -140,32 +142,35 @@ def audio_threads(d: Proc, priority: int) -> list[int]:
     return sorted(found)
 
 
-# (which callback, bursts, seconds each, what the starvation must be counted as).
+# (playback setting, which callback, bursts, seconds each, what the starvation must be counted as).
 STARVED = {
-    "writer": ("input", 3, 0.3, ("overflow", "misses", "gaps")),
-    "reader": ("output", 3, 0.3, ("underflow", "dropped")),
+    "writer": ("callback", "input", 3, 0.3, ("overflow", "misses", "gaps")),
+    "reader": ("callback", "output", 3, 0.3, ("underflow", "dropped")),
     # Past what the ring holds (16384 samples, 1.02 s), short of the stall watch's 1.5 s (a lost stream).
-    "reader_over_a_second": ("output", 1, 1.25, ("underflow", "resyncs")),
+    "reader_over_a_second": ("callback", "output", 1, 1.25, ("underflow", "resyncs")),
+    # playback: push: one audio thread does both; starved, it loses input and lets the playback run dry.
+    "push": ("push", "input", 3, 0.3, ("overflow", "underflow", "gaps")),
 }
 
 
 @pytest.mark.parametrize("case", list(STARVED))
 def test_one_starved_callback_is_counted_and_named(rig, tmp_path, case):
-    """Only one stream callback's thread starved: the input (writer) is xruns, deadline misses and lost
-    audio; the output (reader) is output underflows and dropped blocks, over a second a re-centring.
+    """Only one stream callback's thread starved.  With ``playback: callback``: the input (writer) is
+    xruns, deadline misses and lost audio; the output (reader) is output underflows and dropped blocks,
+    over a second a re-centring.  With ``playback: push`` (one audio thread): xruns both ways and lost audio.
 
-    The two callback threads are the only ones at ``--rt-priority 37``; the
+    The callback threads are the only ones at ``--rt-priority 37``; the
     input stream is started last, so its thread is the younger (higher TID).
     """
-    side, bursts, seconds, expected = STARVED[case]
+    playback, side, bursts, seconds, expected = STARVED[case]
     require_fifo()
     d = daemon(rig, "--input", "rig_file_aec_in", "--mode", MODE, "--model", MODEL, "--output", "rig_loop_play",
-               "--measure", "--duration", "7", "--rt-priority", "37",
+               "--measure", "--duration", "7", "--rt-priority", "37", "--playback", playback,
                env=rig.with_env(RIG_IN_FILE=str(noise(tmp_path))))
     d.wait_for("audio flowing")
     time.sleep(1.0)
     tids = audio_threads(d, 37)
-    assert len(tids) == 2, f"SCHED_FIFO 37 threads: {tids}\n{d.stderr}"
+    assert len(tids) == (2 if playback == "callback" else 1), f"SCHED_FIFO 37 threads: {tids}\n{d.stderr}"
     pin(rig.jackd_pid, 1)  # the clock must keep time
     pin(d.pid, 1)
     os.sched_setaffinity(tids[-1 if side == "input" else 0], {0})

@@ -39,6 +39,7 @@ class FakePipeline:
     close_takes = 0.0  # seconds close() blocks (a stream wedged in the driver)
     input_on = True
     output_on = True
+    output_blocked = False  # a stopped output does not hold up the input here
     opened: ClassVar[list[FakePipeline]] = []
 
     def __init__(self, settings, processor, stats, on_finished=None) -> None:
@@ -94,6 +95,7 @@ class Notes:
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
     monkeypatch.setattr(service, "AudioPipeline", FakePipeline)
+    monkeypatch.setattr(service, "PushPipeline", FakePipeline)
     monkeypatch.setattr(service.devices, "reinitialize", lambda: None)
     monkeypatch.setattr(service.Daemon, "_load", staticmethod(
         lambda s: SimpleNamespace(runtime="fake", channels=1, delay=384, reset=lambda: None, label="fake",
