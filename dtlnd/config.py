@@ -100,7 +100,8 @@ class Settings:
     input: InputSettings = setting(InputSettings(), "the capture device")
     output: OutputSettings = setting(OutputSettings(), "the playback device")
     latency: Union[str, float] = setting(
-        0.008, "PortAudio's suggested latency per stream: seconds, or low / high (PortAudio's choice)",
+        0.008, "PortAudio's suggested latency per stream (playback: push sizes the playback's by buffer_blocks): "
+        "seconds, or low / high (PortAudio's choice)",
         flag="--latency", metavar="low|high|SECONDS", choices=("low", "high"), bounds=(0.0005, 1.0),
         unit="seconds")
     clock: str = setting(
@@ -109,9 +110,10 @@ class Settings:
         "when dtlnd can tell the clocks are one", flag="--clock", metavar="separate|shared|auto",
         choices=("separate", "shared", "auto"))
     playback: str = setting(
-        "push", "clock: separate only.  push: the capture callback writes the playback stream (one audio thread, "
-        "the slack in the device's buffer); callback: the playback stream has its own callback thread (also used "
-        "for output rates that need soxr)", flag="--playback", metavar="push|callback", choices=("push", "callback"))
+        "callback", "clock: separate only.  callback: the playback stream has its own callback thread; push: the "
+        "capture callback writes the playback stream (one audio thread: less CPU, 8 ms less delay; the slack is "
+        "in the device's buffer, and a one-block hiccup is undone by resampling over seconds, not at once)",
+        flag="--playback", metavar="callback|push", choices=("callback", "push"))
     buffer_blocks: int = setting(2, "8 ms blocks of slack between the capture and playback clocks (push: in the "
                                  "playback device's buffer; callback: in the clock bridge)",
                                  flag="--buffer-blocks", metavar="N", bounds=(1, 64))

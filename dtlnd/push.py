@@ -1,4 +1,4 @@
-"""Push playback (``playback: push``, the default for ``clock: separate``): one audio thread for two clocks.
+"""Push playback (``playback: push``, with ``clock: separate``): one audio thread for two clocks.
 
 The capture stream's callback runs the engine as in `dtlnd.audio`, writes
 the hop to the clock bridge, and then writes the playback itself: the
@@ -6,10 +6,11 @@ playback stream is opened in PortAudio's blocking mode, and the callback
 moves whole blocks from the bridge into the device's buffer while the
 device has room for them.  Compared with a playback stream of its own
 callback, that saves an audio thread's wake-up and its cold caches every
-8 ms (about a third of the daemon's CPU on the test rig), and 8 ms of
-delay: the slack against a late capture callback is the device's buffer
-(``buffer_blocks`` periods beyond the one being played), which a late
-callback drains, rather than a bridge kept that much fuller.
+8 ms (0.79-0.88x the CPU of the two callbacks in one alternating run on
+the test rig), and 8 ms of delay: the slack against a late capture
+callback is the device's buffer (``buffer_blocks`` periods beyond the one
+being played), which a late callback drains, rather than a bridge kept
+that much fuller.
 
 The two clocks still differ, so the bridge still steers: the pump reads
 only when the device has room for a block, so it reads at the playback
@@ -19,19 +20,32 @@ fill the bridge holds steady is the ring and the device's queue together.
 When the ring has no whole block the pump leaves the room for the next
 call: the device's queue is lower for a while, and the bridge sees that.
 
+The cost: the pump sees the device's queue only in whole periods, so as
+the clocks' phases pass each other the fill jumps by a block, which is
+drift, not a step.  The bridge therefore undoes only steps of more than
+a block and a half by whole blocks (`PushPipeline.step_blocks`); a
+one-block hiccup (a JACK cycle one side missed) is corrected by its rate
+control, over several seconds with some overshoot, where the two-callback
+path drops or repeats one block at once.  On the test rig, whose jackd
+misses cycles, the delay then wandered by up to 12 ms for a few seconds
+(18 and 16 probe delay steps in 10 minutes, NS and AEC, against 2 and 0
+in an hour with ``playback: callback``), which is why push is not the
+default.
+
 Callback duties: as `dtlnd.audio`'s input and output callbacks, in one
 thread; the writes go to the device only when `streams.Writer.room` said
 there is room, so they do not wait for the device to play.  A device that
 blocks inside the write all the same (a wedged driver, a file plugin
 whose reader stopped) holds up the capture too: the supervisor then sees
 both sides stop, and `PushPipeline.output_blocked` tells it which side to
-name.  An output rate that needs soxr (its
-output comes in bursts that only a buffer kept full can smooth) gets the
-playback callback instead, and the log says so.
+name.  An output rate that needs soxr (its output comes in bursts that
+only a buffer kept full can smooth) gets the playback callback instead,
+and the log says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Callable, Optional
 
@@ -44,18 +58,16 @@ from .config import Settings
 from .constants import RATE, SHIFT
 from .errors import ConfigError
 from .hop import HopProcessor
-from .measure import BlockStats
+from .measure import BlockStats, Latency
 from .streams import OUTPUT_UNDERFLOWED, Writer, open_stream, open_writer
 
 log = logging.getLogger("dtlnd")
 
+#: Whole blocks the bridge holds beyond its half block of phase: the one just written.
+RING_BLOCKS = 1
 #: 16 kHz samples a read may need from the ring: one hop, at most 0.5 % more while correcting drift,
 #: and the interpolation's two samples beyond it.
 _READ_NEED = SHIFT + SHIFT // 128 + 2
-
-
-#: Whole blocks the bridge holds beyond its half block of phase: the one just written.
-RING_BLOCKS = 1
 
 
 class PushPipeline(AudioPipeline):
@@ -142,6 +154,18 @@ class PushPipeline(AudioPipeline):
         """A write to the playback is under way (asked once both sides stopped: it is what holds them up)."""
         return self._pump.writing
 
+    def latency(self) -> Latency:
+        """As `AudioPipeline.latency`, less the ring's newest block.
+
+        The read follows the write of a whole block at once, so that block's
+        samples wait in the ring for no time, not for the fill they stand
+        for (the one-period input figure counts their wait).  The output is
+        PortAudio's figure: the device's buffer less one period, the queue
+        a pushed block finds.  Checked end to end on the test rig.
+        """
+        base = super().latency()
+        return dataclasses.replace(base, buffer=base.buffer - 1000.0 * SHIFT / RATE)
+
     def describe(self) -> str:
         return super().describe() + ", playback written from the capture callback (playback: push)"
 
@@ -152,7 +176,9 @@ class Pump:
     ``writer``: `streams.Writer`, or anything with its ``room``, ``write``
     and ``data``.  ``fill(data)`` puts the bridge's next block into
     ``data`` (reading the bridge once); ``to16``: 16 kHz samples per device
-    frame.  Real-time: `run` allocates nothing and waits for nothing.
+    frame.  Real-time: `run` allocates nothing, and writes only what the
+    buffer has room for (see the module's docstring for a device that
+    blocks all the same).
     """
 
     def __init__(self, bridge: ClockBridge, writer: Any, fill: Callable[[np.ndarray], None], to16: float,

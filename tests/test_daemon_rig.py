@@ -130,12 +130,13 @@ def _aec_input(audio_dir: Path, tmp: Path) -> tuple[Path, np.ndarray]:
     return wav, x
 
 
-@pytest.mark.parametrize("mode, model, pcm", [
-    ("ns", "dtln_ns_float", "rig_file_mic_in"),
-    ("aec", "dtln_aec_128_quant", "rig_file_aec_in"),
-    ("aec+ns", "dtln_aec_128_quant", "rig_file_aec_in"),
+@pytest.mark.parametrize("mode, model, pcm, playback", [
+    ("ns", "dtln_ns_float", "rig_file_mic_in", "callback"),
+    ("aec", "dtln_aec_128_quant", "rig_file_aec_in", "callback"),
+    ("aec+ns", "dtln_aec_128_quant", "rig_file_aec_in", "callback"),
+    ("ns", "dtln_ns_float", "rig_file_mic_in", "push"),
 ])
-def test_stream_is_sample_exact(rig, audio_dir, tmp_path, mode, model, pcm):
+def test_stream_is_sample_exact(rig, audio_dir, tmp_path, mode, model, pcm, playback):
     """File-fed input from frame 0: the loopback carries exactly what ``dtlnd process`` writes.
 
     Both run the same engine on the same runtime with FFTW_ESTIMATE plans,
@@ -161,7 +162,7 @@ def test_stream_is_sample_exact(rig, audio_dir, tmp_path, mode, model, pcm):
         rec = Recorder(rig, tmp_path / f"loop{i}.raw")
         time.sleep(0.3)
         d = daemon(rig, "--input", pcm, "--mode", mode, "--model", model, *OUT, "--duration", "4", "--measure",
-                   env=run_env(rig, raw))
+                   "--playback", playback, env=run_env(rig, raw))
         status = d.wait(30)
         time.sleep(0.3)
         y = rec.stop()[:, 0]
@@ -193,18 +194,19 @@ def test_stream_is_sample_exact(rig, audio_dir, tmp_path, mode, model, pcm):
 # -- 3: the delay --measure reports is the real one --------------------------------------
 
 
-@pytest.mark.parametrize("mode, model, pcm", [
-    ("ns", "dtln_ns_float", "rig_mic_in"),
-    ("aec+ns", "dtln_aec_128_quant", "rig_aec_in"),  # 24 ms more algorithmic delay: a second stage
+@pytest.mark.parametrize("mode, model, pcm, playback", [
+    ("ns", "dtln_ns_float", "rig_mic_in", "callback"),
+    ("aec+ns", "dtln_aec_128_quant", "rig_aec_in", "callback"),  # 24 ms more algorithmic delay: a second stage
+    ("ns", "dtln_ns_float", "rig_mic_in", "push"),  # 8 ms less, in the ring and the device's queue
 ])
-def test_measured_delay_matches_cross_correlation(rig, audio_dir, tmp_path, mode, model, pcm):
+def test_measured_delay_matches_cross_correlation(rig, audio_dir, tmp_path, mode, model, pcm, playback):
     """Live input: ``aplay`` -> mic bus -> daemon -> loopback, both buses recorded in one JACK cycle."""
     mic, lpb = read(audio_dir / NEAR_MIC), read(audio_dir / NEAR_LPB)
     n = 4 * RATE
     src = tmp_path / "src.wav"
     sf.write(src, np.stack([mic[:n], lpb[:n]], axis=1), RATE, subtype="FLOAT")
     def attempt(i: int) -> tuple[np.ndarray, Proc]:
-        d = daemon(rig, "--input", pcm, "--mode", mode, "--model", model, *OUT, "--measure")
+        d = daemon(rig, "--input", pcm, "--mode", mode, "--model", model, *OUT, "--measure", "--playback", playback)
         d.wait_for("audio flowing")
         rec = Recorder(rig, tmp_path / f"probe{i}.raw", pcm="probe_mic_loop", channels=2)
         time.sleep(0.2)
@@ -220,7 +222,7 @@ def test_measured_delay_matches_cross_correlation(rig, audio_dir, tmp_path, mode
     assert rms_dbfs(x[:, 0]) > -50 and rms_dbfs(x[:, 1]) > -60, "the probe recorded no speech"
     found = 1000.0 * lag(x[:, 1], x[:, 0], max_lag=RATE // 2) / RATE
     print(f"{mode}: end-to-end delay by cross-correlation {found:.1f} ms, --measure reports {reported:.1f} ms")
-    assert abs(found - reported) <= 1000.0 * BLOCK / RATE, \
+    assert abs(found - reported) <= 1000.0 * BLOCK / RATE / 2, \
         f"cross-correlation {found:.1f} ms, --measure {reported:.1f} ms"
 
 
@@ -340,8 +342,13 @@ pcm.stall_out {{
 """
 
 
-def test_wedged_output_is_a_stall(rig, speech_raw, notify_socket, tmp_path):
-    """An output stream that stops while the input runs on is lost audio too: no WATCHDOG, then a reopen."""
+@pytest.mark.parametrize("playback", ["callback", "push"])
+def test_wedged_output_is_a_stall(rig, speech_raw, notify_socket, tmp_path, playback):
+    """An output stream that stops is lost audio too, named as the output's: no WATCHDOG, then a reopen.
+
+    With ``playback: callback`` the input runs on; with ``push`` the write
+    that blocks holds the capture callback up as well.
+    """
     ns = notify_socket
     fifo = tmp_path / "out.fifo"
     os.mkfifo(fifo)
@@ -367,7 +374,7 @@ def test_wedged_output_is_a_stall(rig, speech_raw, notify_socket, tmp_path):
     try:
         env = run_env(rig, speech_raw, ALSA_CONFIG_PATH=str(conf), **ns.env(1_000_000))
         d = daemon(rig, "--input", "rig_file_mic_in", "--output", "stall_out", "--output-format", "FLOAT_LE",
-                   env=env)
+                   "--playback", playback, env=env)
         ns.wait_for("READY=1")
         time.sleep(1.0)
         t_stop = time.monotonic()
