@@ -218,27 +218,37 @@ class AudioPipeline:
     def _open_streams(self, n_in: int, dtype: str, in_block: int, out_block: int,
                       on_finished: Optional[Callable[[], None]]) -> None:
         """Open the capture and the playback stream (`dtlnd.duplex` opens one duplex stream instead)."""
-        sd = devices.sd()
         s = self.settings
+        self.output_stream = self._open_pair(self._input_callback, n_in, in_block, on_finished, lambda: open_stream(
+            "output", self._output_callback, device=self.out_dev.index, samplerate=self.out_rate,
+            channels=s.output.channels, dtype=dtype, blocksize=out_block, latency=s.latency,
+            finished_callback=on_finished))
+        self._starts: tuple[tuple[str, devices.Device, Any], ...] = (
+            ("output", self.out_dev, self.output_stream), ("input", self.in_dev, self.input_stream))
+
+    def _open_pair(self, input_callback: Callable[..., None], n_in: int, in_block: int,
+                   on_finished: Optional[Callable[[], None]], open_output: Callable[[], Any]) -> Any:
+        """Open the capture stream with ``input_callback``, then the playback with ``open_output()``; return that.
+
+        Either failing closes what was opened and raises the one-line error
+        naming its device.  The caller sets ``_starts`` (output first).
+        """
+        sd = devices.sd()
         try:
             self.input_stream = open_stream(
-                "input", self._input_callback, device=self.in_dev.index, samplerate=self.in_rate, channels=n_in,
-                dtype="float32", blocksize=in_block, latency=s.latency, finished_callback=on_finished)
+                "input", input_callback, device=self.in_dev.index, samplerate=self.in_rate, channels=n_in,
+                dtype="float32", blocksize=in_block, latency=self.settings.latency, finished_callback=on_finished)
         except sd.PortAudioError as exc:
             raise devices.open_error("input", self.in_dev, exc) from None
         try:
-            self.output_stream = open_stream(
-                "output", self._output_callback, device=self.out_dev.index, samplerate=self.out_rate,
-                channels=s.output.channels, dtype=dtype, blocksize=out_block, latency=s.latency,
-                finished_callback=on_finished)
+            output = open_output()
         except sd.PortAudioError as exc:
             self.input_stream.close()
             raise devices.open_error("output", self.out_dev, exc) from None
         except Exception:
             self.input_stream.close()
             raise
-        self._starts: tuple[tuple[str, devices.Device, Any], ...] = (
-            ("output", self.out_dev, self.output_stream), ("input", self.in_dev, self.input_stream))
+        return output
 
     # -- callbacks ---------------------------------------------------------
 

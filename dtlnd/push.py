@@ -6,7 +6,7 @@ playback stream is opened in PortAudio's blocking mode, and the callback
 moves whole blocks from the bridge into the device's buffer while the
 device has room for them.  Compared with a playback stream of its own
 callback, that saves an audio thread's wake-up and its cold caches every
-8 ms (0.79-0.88x the CPU of the two callbacks in one alternating run on
+8 ms (0.78-0.87x the CPU of the two callbacks in one alternating run on
 the test rig), and 8 ms of delay: the slack against a late capture
 callback is the device's buffer (``buffer_blocks`` periods beyond the one
 being played), which a late callback drains, rather than a bridge kept
@@ -59,7 +59,7 @@ from .constants import RATE, SHIFT
 from .errors import ConfigError
 from .hop import HopProcessor
 from .measure import BlockStats, Latency
-from .streams import OUTPUT_UNDERFLOWED, Writer, open_stream, open_writer
+from .streams import OUTPUT_UNDERFLOWED, Writer, open_writer
 
 log = logging.getLogger("dtlnd")
 
@@ -96,29 +96,14 @@ class PushPipeline(AudioPipeline):
     def _open_streams(self, n_in: int, dtype: str, in_block: int, out_block: int,
                       on_finished: Optional[Callable[[], None]]) -> None:
         """Open the capture stream and the blocking playback stream (called by `AudioPipeline.__init__`)."""
-        sd = devices.sd()
         s = self.settings
         self._rt["output"] = True  # the capture thread writes the playback
-        try:
-            self.input_stream = open_stream(
-                "input", self._push_callback, device=self.in_dev.index, samplerate=self.in_rate, channels=n_in,
-                dtype="float32", blocksize=in_block, latency=s.latency, finished_callback=on_finished)
-        except sd.PortAudioError as exc:
-            raise devices.open_error("input", self.in_dev, exc) from None
-        try:
-            self._writer: Writer = open_writer(
-                device=self.out_dev.index, samplerate=self.out_rate, channels=s.output.channels, dtype=dtype,
-                blocksize=out_block, latency=s.buffer_blocks * out_block / self.out_rate)
-        except sd.PortAudioError as exc:
-            self.input_stream.close()
-            raise devices.open_error("output", self.out_dev, exc) from None
-        except Exception:
-            self.input_stream.close()
-            raise
+        self._writer: Writer = self._open_pair(self._push_callback, n_in, in_block, on_finished, lambda: open_writer(
+            device=self.out_dev.index, samplerate=self.out_rate, channels=s.output.channels, dtype=dtype,
+            blocksize=out_block, latency=s.buffer_blocks * out_block / self.out_rate))
         self.output_stream = self._writer.stream
+        self._starts = (("output", self.out_dev, self.output_stream), ("input", self.in_dev, self.input_stream))
         self._pump = Pump(self.bridge, self._writer, self._fill_output, RATE / self.out_rate, self.stats)
-        self._starts: tuple[tuple[str, devices.Device, Any], ...] = (
-            ("output", self.out_dev, self.output_stream), ("input", self.in_dev, self.input_stream))
 
     def _push_callback(self, indata: np.ndarray, frames: int, t: None, status: int) -> None:
         """The capture callback, then as many blocks to the playback as its buffer has room for."""

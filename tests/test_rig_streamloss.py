@@ -12,19 +12,21 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from audio_util import rms_dbfs
 from rig import RATE, Recorder, Rig, daemon, require_rig, summary_field, write_raw
 from test_rig_faults import finish
 
 
-def test_a_stopped_jackd_is_a_lost_stream_in_the_summary(audio_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("playback", ["callback", "push"])  # push: the capture callback's write fails too
+def test_a_stopped_jackd_is_a_lost_stream_in_the_summary(audio_dir: Path, tmp_path: Path, playback: str) -> None:
     own = Rig(require_rig(audio_dir.parent), tmp_path, "sl")
     own.start()
     try:
         x = np.random.default_rng(4).standard_normal(RATE * 30).astype(np.float32) * 0.05
         raw = write_raw(tmp_path / "noise.raw", x)
         d = daemon(own, "--input", "rig_file_mic_in", "--model", "dtln_ns_float", "--output", "rig_loop_play",
-                   "--measure", "--duration", "9", env=own.with_env(RIG_IN_FILE=str(raw)))
+                   "--measure", "--duration", "9", "--playback", playback, env=own.with_env(RIG_IN_FILE=str(raw)))
         d.wait_for("audio flowing")
         time.sleep(1.0)
         own.stop()
