@@ -116,8 +116,6 @@ class Writer:
         #: send ``data``: 0, `OUTPUT_UNDERFLOWED`, or another (negative) PortAudio error code.  It waits only
         #: when the buffer has less room than ``len(data)``: call it after `room` said there is.
         self.write: Callable[[], int] = lambda: write(ptr, buf, frames)
-        #: the buffer's size in frames (all room: nothing is written before the stream starts)
-        self.size = self.room()
 
 
 def open_writer(*, device: Any, samplerate: int, channels: int, dtype: str, blocksize: int, latency: Any) -> Writer:
