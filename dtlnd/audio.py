@@ -141,8 +141,8 @@ class LostTime:
 class AudioPipeline:
     """Open (``start``) and close the two streams for one set of settings."""
 
-    #: how far (blocks) the bridge's fill must step to be undone by whole blocks (`ClockBridge`'s ``step``)
-    step_blocks = 0.5
+    #: steps (blocks) the bridge resamples away rather than dropping or repeating blocks (`ClockBridge`'s ``slew``)
+    slew_blocks = 0
 
     def __init__(self, settings: Settings, processor: HopProcessor, stats: BlockStats,
                  on_finished: Optional[Callable[[], None]] = None) -> None:
@@ -167,7 +167,7 @@ class AudioPipeline:
             # soxr's stream returns its output in bursts (0 to ~540 samples per 8 ms at 44.1 kHz HQ):
             # 40 ms more in the bridge, or it runs dry between bursts.
             target += 5 * SHIFT
-        self.bridge = ClockBridge(target=target, block=SHIFT, stats=stats, step=self.step_blocks)
+        self.bridge = ClockBridge(target=target, block=SHIFT, stats=stats, slew=self.slew_blocks)
         self._lost = LostTime(self.in_rate, stats)
         self._hop_read = np.zeros(SHIFT, np.float32)
         self._hop_out = np.zeros(SHIFT, np.float32)

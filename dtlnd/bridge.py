@@ -22,7 +22,11 @@ input callback (`write`) and read by the output callback (`read`):
   It is undone at once by dropping or repeating whole 128-sample blocks of
   the ring, counted in ``stats.dropped`` / ``stats.inserted``, so the fill
   is back within half a block of the target in well under a second, with
-  no resampling; home is then learned again.
+  no resampling; home is then learned again.  A bridge made with ``slew``
+  undoes steps of up to that many blocks by resampling instead, at
+  `SLEW_RATE` (a block in 0.4 s), counted in ``stats.slewed``: for a
+  reader that sees its fill in whole blocks (`dtlnd.push`), where a
+  one-block step is also what drift looks like, and nothing is dropped.
 * Slow drift (two independent clocks, the normal case on real hardware)
   takes the mean fill out of that band gradually; then the reader
   resamples (4-point Catmull-Rom interpolation) at a rate set by a PI loop
@@ -54,18 +58,23 @@ import numpy as np
 from .constants import RATE, SHIFT
 from .measure import BlockStats
 
+#: How far the read rate leaves 1 while a step is slewed away: a block in 0.4 s, the delay's detour
+#: short next to the 2 s a delay estimate averages over.  The interpolation's error is no louder than at
+#: 0.5 % (the rate moves only where its images fall), and 2 % is a third of a semitone for 0.4 s.
+SLEW_RATE = 0.02
+
 
 class ClockBridge:
     def __init__(self, target: int, block: int = SHIFT, capacity: int = 1 << 14,
                  out_step: float = 1.0, time_constant: float = 1.0, max_correction: float = 0.005,
-                 stats: Optional[BlockStats] = None, max_read: int = 4096, step: float = 0.5) -> None:
+                 stats: Optional[BlockStats] = None, max_read: int = 4096, slew: int = 0) -> None:
         """``target``: samples held between writer and reader (the buffering latency).
 
         ``out_step``: 16 kHz samples per output sample (16000 / output rate).
         ``time_constant``: seconds in which a fill error would be corrected.
         ``stats``: where the counters go (a fresh `BlockStats` if none).
         ``max_read``: the largest ``out`` a read may be given.
-        ``step``: blocks the fast mean fill must leave the slow one by to be a step (undone by whole blocks).
+        ``slew``: steps of up to this many blocks are resampled away, not undone by whole blocks.
         """
         self.target = target
         self.block = block
@@ -74,7 +83,8 @@ class ClockBridge:
         self._buf = np.zeros(capacity, np.float32)
         self._step = out_step
         self._band = block // 4  # the mean fill may wander this far from home before resampling
-        self._step_size = int(block * step)  # the fast mean this far from the slow one is a step, not drift
+        self._step_size = block // 2  # the fast mean this far from the slow one is a step, not drift
+        self._slew_blocks = slew
         self._hold = 16  # reads a step must last before it is undone (jitter and bursts last less)
         self._settle = RATE // 2  # 16 kHz samples read while home is learned
         self._gain = 1.0 / (RATE * time_constant)
@@ -119,6 +129,8 @@ class ClockBridge:
         self._settle_reads = 0
         self._off_reads = 0  # consecutive reads with the fast fill off home
         self._off_sum = 0.0
+        self._slew_to = 0.0  # while slewing: the fill it slews to
+        self._slew_dir = 0  # +1 reading faster, -1 slower, 0 not slewing
         st = self.stats
         self._base = (st.missed, st.resyncs, st.dropped, st.inserted)
 
@@ -184,6 +196,8 @@ class ClockBridge:
             self._settled = self._settle_sum = 0.0
             self._settle_reads = 0
             self._off_reads = 0
+            self._slew_dir = 0
+            self.ratio = 1.0
             self.stats.resyncs += 1
         else:
             # Where the writer is by now (at most a block on): the fill then does not depend on which
@@ -207,6 +221,9 @@ class ClockBridge:
         dev = max(-lim, min(lim, fill - self.mean_fill))
         self.mean_fill += self._alpha * dev
         self.fast_fill += self._alpha_fast * (fill - self.fast_fill)
+        if self._slew_dir:
+            self._slewing(fill)
+            return
         if self._settled < self._settle:
             self._learn_home(fill, samples)
             return
@@ -229,11 +246,34 @@ class ClockBridge:
         """
         k = round((fill - (self.home if self._home0 is None else self._home0)) / self.block)
         self.mean_fill = self.fast_fill = fill
+        self._off_reads, self._off_sum = 0, 0.0
+        if k and abs(k) <= self._slew_blocks:
+            self._slew_to = self.home  # as it was: home is not learned anew after a slew, which ends on it
+            self._slew_dir = 1 if k > 0 else -1
+            self.engaged = True
+            self.ratio = 1.0 + self._slew_dir * SLEW_RATE
+            self.stats.slewed += 1
+            return
         if k:
             self._shift(k)
-        self._off_reads, self._off_sum = 0, 0.0
         self._settled = self._settle_sum = 0.0
         self._settle_reads = 0
+
+    def _slewing(self, fill: float) -> None:
+        """Read at `SLEW_RATE` until the fill is back home.
+
+        A fill that moves the other way past home (drift's next block, seen
+        during the slew) ends it too; one that runs more than a block and a
+        half beyond it (a bigger step) is left to the step rule.
+        """
+        past = (fill - self._slew_to) * self._slew_dir
+        if 0.0 < past <= self.block + self.block // 2:
+            return
+        self._slew_dir = 0
+        self.engaged = False
+        self.ratio = 1.0
+        self.read_pos = float(round(self.read_pos))
+        self.mean_fill = self.fast_fill = fill
 
     def _learn_home(self, fill: float, samples: float) -> None:
         """Average the fill over half a second: home is where it sits on one clock."""

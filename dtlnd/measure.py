@@ -48,6 +48,8 @@ class BlockStats:
         # Whole 128-sample blocks the bridge dropped or repeated to undo a step in its fill.
         self.dropped = 0
         self.inserted = 0
+        # Steps the bridge undid by resampling instead (``playback: push``: a one-block step).
+        self.slewed = 0
 
     def record(self, ns: int) -> None:
         self.times[self.blocks % self.size] = ns
@@ -108,6 +110,7 @@ class Snapshot:
     dropped: int = 0  # whole blocks the bridge dropped or repeated when it re-centred
     inserted: int = 0
     timed: int = 0  # blocks the engine times are of (the ring keeps the last `BlockStats.size`)
+    slewed: int = 0  # one-block steps the bridge resampled away (not a fault: two clocks' drift does it too)
 
     @property
     def budget_share(self) -> float:
@@ -136,7 +139,8 @@ class Snapshot:
                                                                        ["no audio was processed"])
 
     def _blocks_moved(self) -> str:
-        return f" (dropped {self.dropped}, inserted {self.inserted} blocks)" if self.dropped or self.inserted else ""
+        moved = f" (dropped {self.dropped}, inserted {self.inserted} blocks)" if self.dropped or self.inserted else ""
+        return moved + (f", steps slewed back {self.slewed}" if self.slewed else "")
 
     def line(self) -> str:
         """The ``--measure`` line: this second's engine times, the run's counters."""
@@ -185,7 +189,7 @@ class Snapshot:
                        "max_ms": round(self.max_ms, 4), "budget_share": round(self.budget_share, 4)},
             "xruns": {"input": self.input_overflows, "output": self.output_underflows},
             "misses": self.missed, "resyncs": self.resyncs,
-            "dropped_blocks": self.dropped, "inserted_blocks": self.inserted,
+            "dropped_blocks": self.dropped, "inserted_blocks": self.inserted, "slewed_steps": self.slewed,
             "gaps": self.gaps, "lost_ms": round(self.lost_ms, 1),
             "late": self.late, "callback_errors": self.callback_errors, "nonfinite": self.nonfinite,
             "resets": self.resets, "streams_lost": self.streams_lost,
@@ -208,7 +212,8 @@ def take(stats: BlockStats, seconds: float, since: int, latency: Optional[Latenc
                     stats.missed, stats.resyncs, stats.late, stats.callback_errors, stats.gaps,
                     1000.0 * stats.gap_samples / RATE, nonfinite, resets, stats.streams_lost, latency,
                     # The bridge's block re-centring counters (getattr: not in every BlockStats yet).
-                    int(getattr(stats, "dropped", 0)), int(getattr(stats, "inserted", 0)), len(times))
+                    int(getattr(stats, "dropped", 0)), int(getattr(stats, "inserted", 0)), len(times),
+                    int(getattr(stats, "slewed", 0)))
 
 
 class Timeline:

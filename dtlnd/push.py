@@ -20,17 +20,15 @@ fill the bridge holds steady is the ring and the device's queue together.
 When the ring has no whole block the pump leaves the room for the next
 call: the device's queue is lower for a while, and the bridge sees that.
 
-The cost: the pump sees the device's queue only in whole periods, so as
-the clocks' phases pass each other the fill jumps by a block, which is
-drift, not a step.  The bridge therefore undoes only steps of more than
-a block and a half by whole blocks (`PushPipeline.step_blocks`); a
-one-block hiccup (a JACK cycle one side missed) is corrected by its rate
-control, over several seconds with some overshoot, where the two-callback
-path drops or repeats one block at once.  On the test rig, whose jackd
-misses cycles, the delay then wandered by up to 12 ms for a few seconds
-(18 and 16 probe delay steps in 10 minutes, NS and AEC, against 2 and 0
-in an hour with ``playback: callback``), which is why push is not the
-default.
+The pump sees the device's queue only in whole periods, so as the clocks'
+phases pass each other the fill jumps by a block, which is drift; a JACK
+cycle one side missed looks the same.  So the bridge resamples every
+one-block step away (`ClockBridge`'s ``slew``: the read rate 2 % off for
+0.4 s, counted as slewed), where the two-callback path drops or repeats a
+block for a hiccup and resamples drift gently; nothing is dropped or
+repeated but for steps of two blocks and more.  Two clocks 0.01 % apart
+slew a block every 80 s, and the delay in between drifts by up to that
+block.
 
 Callback duties: as `dtlnd.audio`'s input and output callbacks, in one
 thread; the writes go to the device only when `streams.Writer.room` said
@@ -47,13 +45,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any, Callable, Optional
 
 import numpy as np
 
 from . import devices, resample
 from .audio import AudioPipeline
-from .bridge import ClockBridge
+from .bridge import SLEW_RATE, ClockBridge
 from .config import Settings
 from .constants import RATE, SHIFT
 from .errors import ConfigError
@@ -65,17 +64,17 @@ log = logging.getLogger("dtlnd")
 
 #: Whole blocks the bridge holds beyond its half block of phase: the one just written.
 RING_BLOCKS = 1
-#: 16 kHz samples a read may need from the ring: one hop, at most 0.5 % more while correcting drift,
-#: and the interpolation's two samples beyond it.
-_READ_NEED = SHIFT + SHIFT // 128 + 2
+#: 16 kHz samples a read may need from the ring: one hop, at most `SLEW_RATE` more while slewing a step
+#: away, and the interpolation's two samples beyond it.
+_READ_NEED = SHIFT + math.ceil(SHIFT * SLEW_RATE) + 2
 
 
 class PushPipeline(AudioPipeline):
     """Capture stream with a callback, playback stream written from it; same interface as `AudioPipeline`."""
 
-    #: The device's queue moves by whole periods when the two clocks' phases pass each other: one block
-    #: is drift, for the bridge's rate control; a step is more.
-    step_blocks = 1.5
+    #: The device's queue moves by whole periods when the two clocks' phases pass each other: a one-block
+    #: step may be drift, so it is resampled away, never dropped or repeated.
+    slew_blocks = 1
 
     def __init__(self, settings: Settings, processor: HopProcessor, stats: BlockStats,
                  on_finished: Optional[Callable[[], None]] = None) -> None:

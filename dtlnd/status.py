@@ -190,6 +190,11 @@ def read(path: Path) -> tuple[dict[str, Any], Optional[str]]:
     return state, None
 
 
+def _slewed(st: dict[str, Any]) -> str:
+    n = st.get("slewed_steps", 0)
+    return f", steps slewed back {n}" if n else ""
+
+
 def _uptime(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
@@ -207,8 +212,8 @@ def render(st: dict[str, Any]) -> str:
         f"blocks {st.get('blocks', 0)}; engine mean {e.get('mean_ms', 0):.3f} ms, p99 {e.get('p99_ms', 0):.3f} ms, "
         f"max {e.get('max_ms', 0):.3f} ms ({100 * e.get('budget_share', 0):.1f}% of 8 ms)",
         f"xruns in {x.get('input', 0)} out {x.get('output', 0)}; misses {st.get('misses', 0)}; "
-        f"re-centred {st.get('resyncs', 0)}; gaps {st.get('gaps', 0)} ({st.get('lost_ms', 0):.0f} ms lost); "
-        f"late {st.get('late', 0)}",
+        f"re-centred {st.get('resyncs', 0)}{_slewed(st)}; "
+        f"gaps {st.get('gaps', 0)} ({st.get('lost_ms', 0):.0f} ms lost); late {st.get('late', 0)}",
         f"callback errors {st.get('callback_errors', 0)}; non-finite input {st.get('nonfinite', 0)}; "
         f"state resets {st.get('resets', 0)}; audio lost {st.get('streams_lost', 0)} times",
         "latency: " + (f"{lat['total']:.1f} ms = {lat['algorithmic']:.1f} algorithmic + {lat['input']:.1f} input + "

@@ -56,15 +56,17 @@ class Device:
 
 
 def simulate(source, drift: float, seconds: float, jitter_s: float = 0.002, late: tuple[float, float] = (0, 0),
-             seed: int = 1):
+             seed: int = 1, skip_in: float = -1.0, skip_out: float = -1.0):
     """Capture callbacks (write + pump) and device periods in simulated time; the device, bridge, stats, fills.
 
     ``late``: (at s, by s): the capture callbacks stall once (no capture
-    data is lost: they come back with the backlog).
+    data is lost: they come back with the backlog).  ``skip_in`` /
+    ``skip_out``: at that time one capture block is lost / the device
+    plays nothing for one period (a cycle the JACK server skipped).
     """
     rng = np.random.default_rng(seed)
     stats = BlockStats(size=1)
-    bridge = ClockBridge(target=TARGET, stats=stats, step=PushPipeline.step_blocks)
+    bridge = ClockBridge(target=TARGET, stats=stats, slew=PushPipeline.slew_blocks)
     device = Device()
     hop = np.zeros(BLOCK, np.float32)
 
@@ -81,15 +83,17 @@ def simulate(source, drift: float, seconds: float, jitter_s: float = 0.002, late
     while due_out < seconds:
         if due_in <= due_out:
             now[0] = int(due_in * 1e9)
-            bridge.write(source(k), now_ns=now[0])
-            assert pump.run() == 0
-            totals.append(bridge.fill + SIZE - device.room())
+            if not skip_in <= due_in < skip_in + period_in:
+                bridge.write(source(k), now_ns=now[0])
+                assert pump.run() == 0
+                totals.append(bridge.fill + SIZE - device.room())
             k += 1
             due_in = k * period_in + rng.uniform(0, jitter_s)
             if late[1] and late[0] <= due_in < late[0] + period_in:
                 due_in += late[1]
         else:
-            device.tick()
+            if not skip_out <= due_out < skip_out + period_out:
+                device.tick()
             j += 1
             due_out = 0.003 + j * period_out
     return device, bridge, stats, np.array(totals)
@@ -106,7 +110,8 @@ def test_drifting_clocks_keep_the_delay_bounded_with_no_underflow(drift):
     assert device.underflows == 0 and stats.output_underflows == 0
     assert bridge.missed == 0 and bridge.resyncs == 0
     assert stats.dropped == 0 and stats.inserted == 0  # drift is not a step: no whole block dropped or repeated
-    assert bridge.engaged  # the bridge resamples: it learned the clocks' ratio
+    # It resampled the drift away, a block at a time: 0.1 % is a block every 8 s.
+    assert stats.slewed >= 0.9 * abs(drift) * 300 * 16000 / BLOCK
 
 
 def test_one_clock_plays_every_sample_unchanged():
@@ -118,6 +123,23 @@ def test_one_clock_plays_every_sample_unchanged():
     played = out[start:]
     assert np.array_equal(played, ramp[int(played[0]) - 1:int(played[0]) - 1 + len(played)])
     assert not bridge.engaged and bridge.missed == 0 and device.underflows == 0
+
+
+@pytest.mark.parametrize("side", ["in", "out"])
+def test_a_block_lost_on_one_side_is_slewed_back_with_nothing_dropped(side):
+    """One clock, and one side loses a cycle: the fill steps by a block, and is resampled back in ~2 s."""
+    ramp = np.arange(16000 * 12, dtype=np.float32) + 1
+    kw = {"skip_in": 4.0} if side == "in" else {"skip_out": 4.0}
+    device, bridge, stats, totals = simulate(lambda k: ramp[k * BLOCK:(k + 1) * BLOCK], 0.0, seconds=10,
+                                             jitter_s=0.0005, **kw)
+    before, after = totals[300:480].mean(), totals[-125:].mean()
+    assert abs(after - before) < BLOCK / 8, (before, after)
+    assert stats.slewed == 1 and stats.dropped == 0 and stats.inserted == 0
+    assert device.underflows == 0 and bridge.missed == 0 and not bridge.engaged
+    # Nothing was played twice or skipped but the lost block itself: the samples only rise.
+    out = np.concatenate(device.played)
+    out = out[np.flatnonzero(out)[0]:]
+    assert np.all(np.diff(out) > 0)
 
 
 def test_a_stalled_capture_callback_underflows_once_and_the_delay_comes_back():

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from dtlnd import config, gil, service
+from dtlnd import status as status_mod
 from dtlnd.errors import DeviceError
 from dtlnd.measure import Latency
 
@@ -284,6 +285,22 @@ def test_each_counter_is_in_every_report_and_fails_the_run(fake, tmp_path, field
     if key:
         assert states[0][key] == fields[next(iter(fields))], states[0]
     assert not d.state_file.path.exists(), "the state file outlived the daemon"
+
+
+def test_slewed_steps_are_reported_and_do_not_fail_the_run(fake, tmp_path):
+    """A step resampled away (playback: push; two clocks' drift does it too) is a figure, not a fault."""
+    lines: list[str] = []
+    states: list[dict] = []
+
+    def read_state(d):
+        states.append(json.loads(d.state_file.path.read_text()))
+
+    status, _d, _notes = run_daemon(tmp_path, 2.5, [(0.4, _bump(slewed=2)), (1.9, read_state)], measure=lines)
+    assert status == 0, lines
+    assert "steps slewed back 2" in lines[1], lines[1]
+    assert "steps slewed back 2" in "\n".join(lines[-8:]) and lines[-1] == "  result: OK", lines
+    assert states[0]["slewed_steps"] == 2
+    assert "steps slewed back 2" in status_mod.render(states[0])
 
 
 def test_engine_counters_are_reported(fake, tmp_path, monkeypatch):
