@@ -242,13 +242,16 @@ class ClockBridge:
     def _undo_step(self, fill: float) -> None:
         """Back to the first home by whole blocks (none if within half a block), then learn home anew.
 
-        Learned anew: the callbacks' phase may have moved by a fraction of a block.
+        Learned anew: the callbacks' phase may have moved by a fraction of a
+        block.  Not for a bridge that slews (a reader that sees its fill in
+        whole blocks, right after the write): it has no such phase, so its
+        home stays, and a step is slewed back to it.
         """
         k = round((fill - (self.home if self._home0 is None else self._home0)) / self.block)
         self.mean_fill = self.fast_fill = fill
         self._off_reads, self._off_sum = 0, 0.0
         if k and abs(k) <= self._slew_blocks:
-            self._slew_to = self.home  # as it was: home is not learned anew after a slew, which ends on it
+            self._slew_to = self.home
             self._slew_dir = 1 if k > 0 else -1
             self.engaged = True
             self.ratio = 1.0 + self._slew_dir * SLEW_RATE
@@ -256,6 +259,8 @@ class ClockBridge:
             return
         if k:
             self._shift(k)
+        if self._slew_blocks:
+            return
         self._settled = self._settle_sum = 0.0
         self._settle_reads = 0
 

@@ -112,7 +112,7 @@ class Settings:
     playback: str = setting(
         "callback", "clock: separate only.  callback: the playback stream has its own callback thread; push: the "
         "capture callback writes the playback stream (one audio thread: less CPU, 8 ms less delay; the slack is "
-        "in the device's buffer, and a one-block hiccup is undone by resampling over seconds, not at once)",
+        "in the device's buffer, and one-block steps, drift's among them, are resampled away in 0.4 s)",
         flag="--playback", metavar="callback|push", choices=("callback", "push"))
     buffer_blocks: int = setting(2, "8 ms blocks of slack between the capture and playback clocks (push: in the "
                                  "playback device's buffer; callback: in the clock bridge)",

@@ -110,7 +110,7 @@ class Snapshot:
     dropped: int = 0  # whole blocks the bridge dropped or repeated when it re-centred
     inserted: int = 0
     timed: int = 0  # blocks the engine times are of (the ring keeps the last `BlockStats.size`)
-    slewed: int = 0  # one-block steps the bridge resampled away (not a fault: two clocks' drift does it too)
+    slewed: int = 0  # one-block steps the bridge resampled away (playback: push)
 
     @property
     def budget_share(self) -> float:
@@ -129,6 +129,9 @@ class Snapshot:
             # Whole blocks dropped or repeated are audio lost or doubled, re-centring or not.
             (self.resyncs + self.dropped + self.inserted,
              f"buffer re-centred {self.resyncs} times{self._blocks_moved()}"),
+            # A one-block step resampled away (playback: push): a cycle one side lost, or two clocks' drift,
+            # which push cannot tell apart; either way the audio was not carried through at one delay.
+            (self.slewed, f"delay steps slewed back {self.slewed} (a cycle lost, or the clocks' drift)"),
             (self.late, f"late blocks {self.late}"),
             (self.callback_errors, f"callback errors {self.callback_errors}"),
             (self.nonfinite, f"non-finite input samples {self.nonfinite}"),
@@ -139,8 +142,10 @@ class Snapshot:
                                                                        ["no audio was processed"])
 
     def _blocks_moved(self) -> str:
-        moved = f" (dropped {self.dropped}, inserted {self.inserted} blocks)" if self.dropped or self.inserted else ""
-        return moved + (f", steps slewed back {self.slewed}" if self.slewed else "")
+        return f" (dropped {self.dropped}, inserted {self.inserted} blocks)" if self.dropped or self.inserted else ""
+
+    def _slews(self) -> str:
+        return f", steps slewed back {self.slewed}" if self.slewed else ""
 
     def line(self) -> str:
         """The ``--measure`` line: this second's engine times, the run's counters."""
@@ -148,7 +153,8 @@ class Snapshot:
         return (f"[{self.seconds:6.1f} s] engine {self.mean_ms:.3f} ms/block (p99 {self.p99_ms:.3f}, "
                 f"max {self.max_ms:.3f}) = {100 * self.budget_share:.1f}% of 8 ms | xruns in "
                 f"{self.input_overflows} out {self.output_underflows} | misses {self.missed} | "
-                f"re-centred {self.resyncs}{self._blocks_moved()} | gaps {self.gaps} ({self.lost_ms:.0f} ms) | "
+                f"re-centred {self.resyncs}{self._blocks_moved()}{self._slews()} | "
+                f"gaps {self.gaps} ({self.lost_ms:.0f} ms) | "
                 f"late {self.late} | "
                 f"errors {self.callback_errors} | non-finite {self.nonfinite} | resets {self.resets} | "
                 f"lost {self.streams_lost} | latency {latency}")
@@ -172,7 +178,8 @@ class Snapshot:
             f"max {self.max_ms:.3f} ms"
             f" ({100 * self.budget_share:.1f}% of the 8 ms budget; {self.late} blocks over it)",
             f"  xruns: input overflow {self.input_overflows}, output underflow {self.output_underflows}; "
-            f"deadline misses {self.missed}; buffer re-centred {self.resyncs} times{self._blocks_moved()}",
+            f"deadline misses {self.missed}; "
+            f"buffer re-centred {self.resyncs} times{self._blocks_moved()}{self._slews()}",
             f"  lost audio: {self.gaps} gaps, {self.lost_ms:.0f} ms; audio stream lost {self.streams_lost} times",
             f"  callback errors {self.callback_errors}; non-finite input samples {self.nonfinite}; "
             f"model state resets {self.resets}",

@@ -28,7 +28,9 @@ one-block step away (`ClockBridge`'s ``slew``: the read rate 2 % off for
 block for a hiccup and resamples drift gently; nothing is dropped or
 repeated but for steps of two blocks and more.  Two clocks 0.01 % apart
 slew a block every 80 s, and the delay in between drifts by up to that
-block.
+block.  Since a slew may be a lost cycle, ``--measure`` counts every one
+as a fault, so on two clocks a run FAILs once drift makes its first step:
+that, and the delay's block of wander, is why push is not the default.
 
 Callback duties: as `dtlnd.audio`'s input and output callbacks, in one
 thread; the writes go to the device only when `streams.Writer.room` said

@@ -33,7 +33,7 @@ def state(pid: int, updated: float, blocks: int = 1234) -> dict:
     return {"pid": pid, "updated": updated, "uptime_s": 75.0, "state": "flowing", "mode": "ns",
             "model": "dtln_ns_quant", "runtime": "ai-edge-litert", "devices": "input 'mic' -> output 'loop'",
             "blocks": blocks, "engine": {"mean_ms": 2.0, "p99_ms": 3.0, "max_ms": 4.0, "budget_share": 0.25},
-            "xruns": {"input": 0, "output": 2}, "misses": 3, "gaps": 1, "lost_ms": 200.0,
+            "xruns": {"input": 0, "output": 2}, "misses": 3, "gaps": 1, "lost_ms": 200.0, "slewed_steps": 4,
             "latency_ms": {"total": 60.0, "algorithmic": 24.0, "input": 8.0, "buffer": 20.0, "output": 8.0},
             "extra": {"alignment": {"describe": "align locked: lag 41.0 ms", "applied_ms": 40.0}},
             "cpu_percent": 12.5, "rss_kib": 51200}
@@ -57,7 +57,8 @@ def test_running_daemon_is_shown_and_its_json_has_blocks(tmp_path):
     assert r.returncode == 0, r.stderr
     text = r.stdout
     for shown in ("dtlnd flowing", "up 1m 15s", "blocks 1234", "xruns in 0 out 2", "misses 3",
-                  "gaps 1 (200 ms lost)", "latency: 60.0 ms", "alignment: align locked: lag 41.0 ms", "RSS 50.0 MiB"):
+                  "gaps 1 (200 ms lost)", "steps slewed back 4",
+                  "latency: 60.0 ms", "alignment: align locked: lag 41.0 ms", "RSS 50.0 MiB"):
         assert shown in text, (shown, text)
 
 
