@@ -232,6 +232,7 @@ def test_measured_delay_matches_cross_correlation(rig, audio_dir, tmp_path, mode
 def test_consumers_before_after_and_across_a_restart(rig, speech_raw, tmp_path):
     """arecord started before the daemon, another after it; then the daemon restarts under both."""
     env = run_env(rig, speech_raw)
+    since = rig.log_size()
     before = Recorder(rig, tmp_path / "before.raw")
     time.sleep(0.5)
     d1 = daemon(rig, "--input", "rig_file_mic_in", *OUT, env=env)
@@ -247,9 +248,17 @@ def test_consumers_before_after_and_across_a_restart(rig, speech_raw, tmp_path):
     assert stop(d2) == 0, d2.stderr
     time.sleep(0.3)
     ya, yb = before.stop()[:, 0], after.stop()[:, 0]
+    # Cycles jackd itself lost leave short holes in a daemon's output; they are not what this test is about.
+    hole = int(0.25 * RATE) if rig.trouble(since) else 0
 
     for name, y, leading_silence in (("before", ya, True), ("after", yb, False)):
-        runs = [(a, b) for a, b in sound_runs(y) if b - a >= BLOCK * 4]
+        runs = []
+        for a, b in sound_runs(y):
+            if runs and a - runs[-1][1] <= hole:
+                runs[-1] = (runs[-1][0], b)
+            else:
+                runs.append((a, b))
+        runs = [(a, b) for a, b in runs if b - a >= BLOCK * 4]
         spans = [(a / RATE, b / RATE) for a, b in runs]
         assert len(runs) == 2, f"arecord started {name} the daemon: sound at {spans} s"
         (a1, b1), (a2, b2) = runs
