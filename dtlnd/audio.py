@@ -15,23 +15,23 @@ Callback duties (what the two callbacks do, and all they do):
 
 * The input callback counts PortAudio's overflow flag, checks the stream
   for lost time (`LostTime`), converts the device rate to 16 kHz when it
-  is not 16 kHz, runs the engine on one 128-sample hop, writes the result
-  to the bridge and records the block's time in the stats ring.
-* The output callback counts the underflow flag, reads one hop from the
-  bridge, converts 16 kHz to the device rate when needed, scales to the
-  output format (round, clip) and copies it to every output channel.
+  is not 16 kHz, runs the engine on each whole 128-sample hop (one, but for
+  rates whose call is not a hop: 160 samples at 44.1 kHz make one or two,
+  the rest waits for the next call), writes the results to the bridge and
+  records the call's time in the stats ring.
+* The output callback counts the underflow flag, reads a call's worth of
+  samples from the bridge (a hop; 160 at 44.1 kHz), converts 16 kHz to the
+  device rate when needed, scales to the output format (round, clip) and
+  copies it to every output channel.
 * Neither logs, takes a lock, waits, or lets an exception out: an
   exception is counted in ``stats.callback_errors`` and kept in
   ``stats.last_error`` for the supervisor, and the output plays silence.
   Counters are plain integers, each with one writer.
-* At 16 kHz and at 2-6 x 16 kHz (48 kHz: `dtlnd.resample.Polyphase`) they
-  allocate no array: every buffer is made in ``__init__`` and numpy writes
-  into it with ``out=`` (tests/test_rt_alloc.py counts numpy buffers at
-  every C call).  They still make small Python objects: the column views
-  of ``indata`` and ints from the clock.  Any other input rate
-  goes through soxr and the any-size engine path, which allocate per
-  call, and so does the output of any other rate (soxr behind a FIFO,
-  `dtlnd.resample.OutputFifo`).
+* They allocate no array, at any rate (`dtlnd.resample.converter`): every
+  buffer is made in ``__init__`` and numpy writes into it with ``out=``
+  (tests/test_rt_alloc.py counts numpy buffers at every C call, at 16, 48
+  and 44.1 kHz).  They still make small Python objects: views of
+  ``indata`` and of the buffers, and ints from the clock.
 * The first call of each callback asks for SCHED_FIFO for its thread
   (one system call) and stores what happened for the supervisor's log.
 """
@@ -39,6 +39,7 @@ Callback duties (what the two callbacks do, and all they do):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -50,7 +51,6 @@ from . import devices, resample
 from .bridge import ClockBridge
 from .config import Settings
 from .constants import FORMATS, RATE, SHIFT
-from .engine import BlockStream
 from .errors import DeviceError
 from .hop import HopProcessor
 from .measure import BlockStats, Latency
@@ -161,44 +161,29 @@ class AudioPipeline:
         self.out_rate = devices.pick_rate(self.out_dev, "output", s.output.rate, s.output.channels)
         self.mic_ch = s.input.channel % n_in
         self.far_ch = s.ref_channel % n_in if processor.channels == 2 else None
-        target = self._ring_blocks() * SHIFT + SHIFT // 2  # + half a block: the clocks' phase sweep
-        if (self.in_rate != RATE and not resample.integer_factor(self.in_rate)) or \
-                (self.out_rate != RATE and not resample.integer_factor(self.out_rate)):
-            # soxr's stream returns its output in bursts (0 to ~540 samples per 8 ms at 44.1 kHz HQ):
-            # 40 ms more in the bridge, or it runs dry between bursts.
-            target += 5 * SHIFT
-        self.bridge = ClockBridge(target=target, block=SHIFT, stats=stats, slew=self.slew_blocks)
         self._lost = LostTime(self.in_rate, stats)
-        self._hop_read = np.zeros(SHIFT, np.float32)
         self._hop_out = np.zeros(SHIFT, np.float32)
-        self._mic16 = np.zeros(SHIFT, np.float32)
-        self._far16 = np.zeros(SHIFT, np.float32)
-        self._resampler = None
-        self._stream_in: Optional[BlockStream] = None
-        self._down = self._down_far = self._up = None
-        f_in, f_out = resample.integer_factor(self.in_rate), resample.integer_factor(self.out_rate)
-        if f_in:
-            self._down = resample.Polyphase(f_in, up=False)
-            self._down_far = resample.Polyphase(f_in, up=False) if self.far_ch is not None else None
-            log.info("input %s runs at %d Hz: resampling to 16000 Hz in process (FIR 1:%d)",
-                     self.in_dev.name, self.in_rate, f_in)
-        elif self.in_rate != RATE:
-            self._picks = [self.mic_ch] + ([self.far_ch] if self.far_ch is not None else [])
-            self._resampler = resample.SoxrStream(self.in_rate, RATE, len(self._picks))
-            self._stream_in = BlockStream(processor)
-            log.info("input %s runs at %d Hz: resampling to 16000 Hz in process (soxr)", self.in_dev.name, self.in_rate)
-        if f_out:
-            self._up = resample.Polyphase(f_out, up=True)
-            log.info("output %s runs at %d Hz: resampling from 16000 Hz in process (FIR %d:1)",
-                     self.out_dev.name, self.out_rate, f_out)
-        self._out_fifo: Optional[resample.OutputFifo] = None
-        if not f_out and self.out_rate != RATE:
-            self._out_fifo = resample.OutputFifo(self.out_rate)
-            log.info("output %s runs at %d Hz: resampling from 16000 Hz in process (soxr)",
-                     self.out_dev.name, self.out_rate)
+        self._down = resample.converter(self.in_rate, up=False)
+        self._down_far = resample.converter(self.in_rate, up=False) if self.far_ch is not None else None
+        self._up = resample.converter(self.out_rate, up=True)
+        for kind, conv, dev, rate, way in (("input", self._down, self.in_dev, self.in_rate, "to"),
+                                           ("output", self._up, self.out_dev, self.out_rate, "from")):
+            if conv is not None:
+                log.info("%s %s runs at %d Hz: resampling %s 16000 Hz in process (%s)",
+                         kind, dev.name, rate, way, conv.label)
+        # 16 kHz samples per input call: a hop, or (44.1 kHz: 160) whole hops are cut from a queue.
+        n16 = self._down.out_size if self._down is not None else SHIFT
+        self._mic16 = np.zeros(n16, np.float32)
+        self._far16 = np.zeros(n16, np.float32)
+        self._queue_mic = np.zeros(n16 + SHIFT, np.float32)
+        self._queue_far = np.zeros(n16 + SHIFT, np.float32)
+        self._queued = 0
+        target = self._ring_blocks() * SHIFT + SHIFT // 2  # + half a block: the clocks' phase sweep
+        self.bridge = ClockBridge(target=target, block=SHIFT, stats=stats, slew=self.slew_blocks, write_size=n16)
+        self._hop_read = np.zeros(self._up.in_size if self._up is not None else SHIFT, np.float32)
         dtype = FORMATS[s.output.format]
-        out_block = self._out_fifo.frames if self._out_fifo is not None else SHIFT * (f_out or 1)
-        in_block = SHIFT * f_in if f_in else max(1, round(SHIFT * self.in_rate / RATE))
+        out_block = self._up.out_size if self._up is not None else SHIFT
+        in_block = self._down.in_size if self._down is not None else SHIFT
         self._out_hi = np.zeros(out_block, np.float32)
         self._out_scaled = np.zeros(out_block, np.float32)
         self._int_scale = {"int16": 32767.0, "int32": 2147483392.0, "float32": None}[dtype]
@@ -267,35 +252,42 @@ class AudioPipeline:
             self._lost.note(t0, frames)
             if self._down is not None:
                 self._down.process(indata[:, self.mic_ch], self._mic16)
-                far = None
+                mic, far = self._mic16, None
                 if self._down_far is not None:
                     self._down_far.process(indata[:, self.far_ch], self._far16)
                     far = self._far16
-                self.processor.process_hop(self._mic16, far, self._hop_out)
-                self.bridge.write(self._hop_out, t0)
-            elif self._resampler is None and frames == SHIFT:
+            else:
+                mic = indata[:, self.mic_ch]
                 far = indata[:, self.far_ch] if self.far_ch is not None else None
-                self.processor.process_hop(indata[:, self.mic_ch], far, self._hop_out)
+            if len(mic) == SHIFT:
+                self.processor.process_hop(mic, far, self._hop_out)
                 self.bridge.write(self._hop_out, t0)
             else:
-                self._input_resampled(indata)
+                self._hops(mic, far, t0)
             stats.record(time.perf_counter_ns() - t0)
         except Exception as exc:  # never let an exception stop the stream
             stats.callback_errors += 1
             stats.last_error = exc
 
-    def _input_resampled(self, indata: np.ndarray) -> None:
-        """Any other rate: soxr to 16 kHz, then the any-size engine path (both allocate per call)."""
-        if self._resampler is not None:
-            x = self._resampler.process(indata[:, self._picks])
-            mic, far = x[:, 0], (x[:, 1] if x.shape[1] > 1 else None)
-        else:
-            mic = indata[:, self.mic_ch]
-            far = indata[:, self.far_ch] if self.far_ch is not None else None
-        if self._stream_in is None:
-            self._stream_in = BlockStream(self.processor)
-        if len(mic):
-            self.bridge.write(self._stream_in.process(mic, far))
+    def _hops(self, mic: np.ndarray, far: Optional[np.ndarray], t0: int) -> None:
+        """Queue a call's 16 kHz samples that are not one hop; run and write every whole hop; keep the rest."""
+        n, queued = len(mic), self._queued
+        qm, qf = self._queue_mic, self._queue_far
+        qm[queued:queued + n] = mic
+        if far is not None:
+            qf[queued:queued + n] = far
+        queued += n
+        at = 0
+        while queued - at >= SHIFT:
+            self.processor.process_hop(qm[at:at + SHIFT], qf[at:at + SHIFT] if far is not None else None,
+                                       self._hop_out)
+            self.bridge.write(self._hop_out, t0)
+            at += SHIFT
+        rest = queued - at
+        if at and rest:  # rest < a hop <= at: the two ranges do not overlap
+            qm[:rest] = qm[at:queued]
+            qf[:rest] = qf[at:queued]
+        self._queued = rest
 
     def _output_callback(self, outdata: np.ndarray, frames: int, t: None, status: int) -> None:
         stats = self.stats
@@ -314,9 +306,7 @@ class AudioPipeline:
     def _fill_output(self, outdata: np.ndarray) -> None:
         """The bridge's next samples at the device rate, in the output format, into every channel of ``outdata``."""
         buf = self._out_hi
-        if self._out_fifo is not None:
-            self._out_fifo.fill(self.bridge, buf)
-        elif self._up is not None:
+        if self._up is not None:
             self.bridge.read(self._hop_read)
             self._up.process(self._hop_read, buf)
         else:
@@ -338,7 +328,8 @@ class AudioPipeline:
         self.processor.reset()
         self.bridge.reset()
         self._lost.reset()
-        for r in (self._down, self._down_far, self._up, self._out_fifo):
+        self._queued = 0
+        for r in (self._down, self._down_far, self._up):
             if r is not None:
                 r.reset()
         sd = devices.sd()
@@ -397,14 +388,23 @@ class AudioPipeline:
         Checked end to end on the test rig, where both match a
         cross-correlation of input and output.
         """
-        algorithmic = (self.processor.delay + (SHIFT if self._stream_in is not None else 0)
-                       + sum(r.delay for r in (self._down, self._up, self._out_fifo) if r is not None))
+        algorithmic = (self.processor.delay + self._queue_delay()
+                       + sum(r.delay for r in (self._down, self._up) if r is not None))
         return Latency(
             algorithmic=1000.0 * algorithmic / RATE,
             input=1000.0 * self.input_stream.blocksize / self.in_rate,
             buffer=1000.0 * self.bridge.latency_samples / RATE,
             output=1000.0 * float(out[1] if isinstance(out := self.output_stream.latency, tuple) else out),
         )
+
+    def _queue_delay(self) -> float:
+        """The mean wait of a hop's newest sample in the hop queue, in 16 kHz samples (0 if calls are hops).
+
+        A call brings ``n`` samples (160 at 44.1 kHz); a hop ending inside
+        it waits for the call's last sample: (n - gcd(n, 128)) / 2 on average.
+        """
+        n = len(self._mic16)
+        return 0.0 if n == SHIFT else (n - math.gcd(n, SHIFT)) / 2
 
     def describe(self) -> str:
         s = self.settings

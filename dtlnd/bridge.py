@@ -67,7 +67,8 @@ SLEW_RATE = 0.02
 class ClockBridge:
     def __init__(self, target: int, block: int = SHIFT, capacity: int = 1 << 14,
                  out_step: float = 1.0, time_constant: float = 1.0, max_correction: float = 0.005,
-                 stats: Optional[BlockStats] = None, max_read: int = 4096, slew: int = 0) -> None:
+                 stats: Optional[BlockStats] = None, max_read: int = 4096, slew: int = 0,
+                 write_size: int = SHIFT) -> None:
         """``target``: samples held between writer and reader (the buffering latency).
 
         ``out_step``: 16 kHz samples per output sample (16000 / output rate).
@@ -75,6 +76,8 @@ class ClockBridge:
         ``stats``: where the counters go (a fresh `BlockStats` if none).
         ``max_read``: the largest ``out`` a read may be given.
         ``slew``: steps of up to this many blocks are resampled away, not undone by whole blocks.
+        ``write_size``: the samples a writer's call brings on average (a block; 160 at 44.1 kHz, in
+        calls of one or two blocks), how far the writer can be by the time of a read.
         """
         self.target = target
         self.block = block
@@ -85,6 +88,7 @@ class ClockBridge:
         self._band = block // 4  # the mean fill may wander this far from home before resampling
         self._step_size = block // 2  # the fast mean this far from the slow one is a step, not drift
         self._slew_blocks = slew
+        self._write_size = write_size
         self._hold = 16  # reads a step must last before it is undone (jitter and bursts last less)
         self._settle = RATE // 2  # 16 kHz samples read while home is learned
         self._gain = 1.0 / (RATE * time_constant)
@@ -126,7 +130,9 @@ class ClockBridge:
         self.mean_ahead = 0.0  # the mean of that correction
         self._settled = 0.0  # 16 kHz samples read since priming, up to ``_settle``
         self._settle_sum = 0.0
+        self._settle_ahead = 0.0  # the writer's phase in that sum
         self._settle_reads = 0
+        self._ahead = 0
         self._off_reads = 0  # consecutive reads with the fast fill off home
         self._off_sum = 0.0
         self._slew_to = 0.0  # while slewing: the fill it slews to
@@ -193,17 +199,18 @@ class ClockBridge:
             self.read_pos = float(w - self.target)
             self.mean_fill = self.fast_fill = self.home = float(self.target)
             self._home0 = None
-            self._settled = self._settle_sum = 0.0
+            self._settled = self._settle_sum = self._settle_ahead = 0.0
             self._settle_reads = 0
             self._off_reads = 0
             self._slew_dir = 0
             self.ratio = 1.0
             self.stats.resyncs += 1
         else:
-            # Where the writer is by now (at most a block on): the fill then does not depend on which
+            # Where the writer is by now (at most a call on): the fill then does not depend on which
             # callback of a cycle runs first, which flips at random on one clock.
-            ahead = min(self.block, max(0, (now - self._t_write) * RATE // 1_000_000_000))
+            ahead = min(self._write_size, max(0, (now - self._t_write) * RATE // 1_000_000_000))
             self.fill_seen = fill + ahead + self.held
+            self._ahead = ahead
             self.mean_ahead += self._alpha * (ahead - self.mean_ahead)
             self._track(self.fill_seen, n * self._step)
         step = self._step * self.ratio
@@ -261,7 +268,7 @@ class ClockBridge:
             self._shift(k)
         if self._slew_blocks:
             return
-        self._settled = self._settle_sum = 0.0
+        self._settled = self._settle_sum = self._settle_ahead = 0.0
         self._settle_reads = 0
 
     def _slewing(self, fill: float) -> None:
@@ -284,14 +291,15 @@ class ClockBridge:
         """Average the fill over half a second: home is where it sits on one clock."""
         self._settled += samples
         self._settle_sum += fill
+        self._settle_ahead += self._ahead
         self._settle_reads += 1
         if self._settled < self._settle:
             return
         home = self._settle_sum / self._settle_reads
         if self._home0 is None:
-            # The fill priming gave, seen at the callbacks' phase; more than 1.5 blocks off the
-            # target it is a start-up burst, not phase: back to the target by whole blocks first.
-            off = home - self.target
+            # The fill priming gave, less the callbacks' phase; more than 1.5 blocks off the
+            # target it is a start-up burst: back to the target by whole blocks first.
+            off = home - self._settle_ahead / self._settle_reads - self.target
             k0 = round(off / self.block) if abs(off) > self.block + self.block // 2 else 0
             self._home0 = home - k0 * self.block
         k = round((home - self._home0) / self.block)

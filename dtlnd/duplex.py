@@ -10,10 +10,10 @@ thread's wake-up per hop.
 `DuplexPipeline` is an `AudioPipeline` whose two streams are one: the
 per-block work (lost-time check, FIR resampling, engine call, format
 conversion, counters) is the parent's two callbacks, called back to back
-from the duplex callback, with a `DirectBridge` between them.  Rates that
-need soxr are refused: soxr returns samples in bursts, which only a
-buffer (the clock bridge) can smooth, so those devices need ``clock:
-separate``.
+from the duplex callback, with a `DirectBridge` between them.  That
+bridge holds one hop, so rates whose period is not one hop at 16 kHz
+(44.1 kHz: 160 samples, `dtlnd.resample.one_hop_per_call`) are refused:
+those devices need ``clock: separate``.
 
 `choose_clock` decides ``clock: auto``; `open_pipeline` builds the pipeline
 the setting asks for.
@@ -31,7 +31,7 @@ import numpy as np
 from . import devices, resample
 from .audio import AudioPipeline
 from .config import Settings
-from .constants import RATE, SHIFT
+from .constants import SHIFT
 from .engine import HopProcessor
 from .errors import ConfigError
 from .measure import BlockStats
@@ -93,9 +93,9 @@ class DuplexPipeline(AudioPipeline):
             raise ConfigError(f"clock: shared needs one rate for both directions, but the input runs at "
                               f"{in_rate} Hz and the output at {out_rate} Hz: set input.rate and "
                               "output.rate alike, or use clock: separate")
-        if in_rate != RATE and not resample.integer_factor(in_rate):
-            raise ConfigError(f"clock: shared: {in_rate} Hz needs soxr, whose bursts need the clock "
-                              "bridge's buffer: use clock: separate, or a rate of 16000 times 2 to 6")
+        if not resample.one_hop_per_call(in_rate):
+            raise ConfigError(f"clock: shared: a {in_rate} Hz period is not one 128-sample hop at 16 kHz, "
+                              "as one duplex callback needs: use clock: separate, or a rate such as 48000")
         super().__init__(settings, processor, stats, on_finished)
 
     def _open_streams(self, n_in: int, dtype: str, in_block: int, out_block: int,
@@ -260,6 +260,6 @@ def open_pipeline(settings: Settings, processor: HopProcessor, stats: BlockStats
     if s.playback == "push":
         try:
             return push(settings, processor, stats, on_finished=on_finished)
-        except ConfigError as exc:  # an output rate that needs soxr
+        except ConfigError as exc:  # an output rate whose period is not one hop
             log.info("%s: its own playback callback instead", exc)
     return separate(settings, processor, stats, on_finished=on_finished)

@@ -38,9 +38,10 @@ there is room, so they do not wait for the device to play.  A device that
 blocks inside the write all the same (a wedged driver, a file plugin
 whose reader stopped) holds up the capture too: the supervisor then sees
 both sides stop, and `PushPipeline.output_blocked` tells it which side to
-name.  An output rate that needs soxr (its output comes in bursts that
-only a buffer kept full can smooth) gets the playback callback instead,
-and the log says so.
+name.  An output rate whose period is not one hop at 16 kHz (44.1 kHz:
+160 samples, `dtlnd.resample.one_hop_per_call`) gets the playback
+callback instead, and the log says so: the pump's fill and steps are
+counted in hops.
 """
 
 from __future__ import annotations
@@ -80,13 +81,13 @@ class PushPipeline(AudioPipeline):
 
     def __init__(self, settings: Settings, processor: HopProcessor, stats: BlockStats,
                  on_finished: Optional[Callable[[], None]] = None) -> None:
-        """Refuse output rates that need soxr before anything is built; then as `AudioPipeline`."""
+        """Refuse output rates whose period is not one hop before anything is built; then as `AudioPipeline`."""
         s = settings
         devices.resolve(s.input.device, "input")  # first, as in AudioPipeline: with neither, the input is named
         out_rate = devices.pick_rate(devices.resolve(s.output.device, "output"), "output", s.output.rate,
                                      s.output.channels)
-        if out_rate != RATE and not resample.integer_factor(out_rate):
-            raise ConfigError(f"playback: push: {out_rate} Hz needs soxr, whose bursts need a playback callback")
+        if not resample.one_hop_per_call(out_rate):
+            raise ConfigError(f"playback: push: a {out_rate} Hz period is not one 128-sample hop at 16 kHz")
         self._on_finished = on_finished
         self._failed = False
         super().__init__(settings, processor, stats, on_finished)

@@ -9,14 +9,16 @@ in place with ``np.copyto`` and multiplied with ``np.dot(..., out=)``, so a
 callback allocates no array.  Its delay, ``delay`` 16 kHz samples, belongs
 in the latency report.
 
-Other rates (44.1 kHz, 22.05 kHz, ...) go through soxr's ``ResampleStream``
-(`SoxrStream`), whose ``resample_chunk`` returns a new array on every call:
-that path allocates per callback, and says so in its docstring.
+Other rates (44.1 kHz, 22.05 kHz, ...) go through `Rational`: the same
+windowed sinc, as one fixed matrix per whole number of the two rates'
+common periods (10 ms at 44.1 kHz), also without allocation.
+`converter` picks one of the two for a rate.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Optional
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -51,6 +53,8 @@ class Polyphase:
     def __init__(self, factor: int, up: bool, taps_per_phase: int = TAPS_PER_PHASE) -> None:
         self.factor = factor
         self.up = up
+        #: what the log says it is: 16 kHz : device rate
+        self.label = f"FIR {factor}:1" if up else f"FIR 1:{factor}"
         h = lowpass(factor, taps_per_phase)
         #: group delay, whole 16 kHz samples (the filter is linear-phase)
         self.delay = taps_per_phase // 2
@@ -90,62 +94,73 @@ class Polyphase:
         np.copyto(out, self._flat)
 
 
-class SoxrStream:
-    """soxr's streaming resampler for any other ratio.  Allocates: ``resample_chunk`` returns new arrays."""
+class Rational:
+    """``up``: 16 kHz -> ``rate``; else ``rate`` -> 16 kHz, for any rate with no integer ratio (44.1 kHz...).
 
-    def __init__(self, rate_in: int, rate_out: int, channels: int) -> None:
-        import soxr
-
-        self._s = soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality="HQ")
-        self.delay = 0.0  # soxr HQ: about 1 ms, not reported by the library; counted as none
-
-    def process(self, x: np.ndarray) -> np.ndarray:
-        return self._s.resample_chunk(np.ascontiguousarray(x, np.float32))
-
-
-class OutputFifo:
-    """16 kHz from the bridge to any other output rate, in whole output periods of 10 ms.
-
-    The period is ``rate / 100`` frames (441 at 44.1 kHz) and takes 160
-    samples from the bridge on average; soxr returns a varying count per
-    chunk, so its output queues here until a period is complete.  The
-    FIFO's mean fill (about half a period) and soxr's delay are in
-    ``delay``.  Allocates per call (soxr), unlike `Polyphase`.
+    ``rate`` / 16000 in lowest terms is P / Q (441 / 160 at 44.1 kHz): every
+    P device frames span exactly Q 16 kHz samples, so each call of whole
+    periods maps its input (with the history before it) to its output by
+    the same matrix, made once: a Kaiser-windowed sinc (cut-off at 0.4875 x
+    the lower rate, as `lowpass`), each row scaled to unit gain at DC.  One
+    ``np.dot(..., out=)`` per call: no allocation, and the output comes in
+    even blocks (soxr's stream returns bursts of up to 50 ms, which made a
+    playback callback run dry).  A call takes ``in_size`` samples and gives
+    ``out_size``: as few whole periods as give at least one 128-sample hop
+    at 16 kHz (160 samples, 10 ms, at 44.1 kHz).  ``delay``: the group
+    delay, ``half_width`` 16 kHz samples.
     """
 
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self.frames = rate // 100
-        self._soxr = SoxrStream(RATE, rate, 1)
-        self._hop = np.zeros(RATE // 100, np.float32)
-        self._q = np.zeros(4 * self.frames + 4096, np.float32)
-        self._n = 0
-        self.delay = RATE / 100  # the silent pre-roll plus half a period, about, in 16 kHz samples
+    def __init__(self, rate: int, up: bool, half_width: int = TAPS_PER_PHASE // 2) -> None:
+        g = math.gcd(rate, RATE)
+        frames, samples = rate // g, RATE // g
+        m = -(-SHIFT // samples)
+        self.up = up
+        self.delay = half_width
+        self.label = f"FIR {frames}:{samples}" if up else f"FIR {samples}:{frames}"
+        rate_in, rate_out = (RATE, rate) if up else (rate, RATE)
+        self.in_size, self.out_size = (samples * m, frames * m) if up else (frames * m, samples * m)
+        span = 2.0 * half_width / RATE  # seconds of input each output sample weighs
+        history = math.ceil(span * rate_in)
+        cutoff = 0.4875 * min(rate, RATE)  # Hz
+        # Output j is at time j / rate_out after the call's first new input; its kernel is centred
+        # half the span earlier (the delay), over inputs at (k - history) / rate_in.
+        t = (np.arange(self.out_size)[:, None] / rate_out
+             - (np.arange(history + self.in_size)[None, :] - history) / rate_in - span / 2)
+        x = np.clip(t / (span / 2), -1.0, 1.0)
+        kernel = np.sinc(2 * cutoff * t) * np.i0(8.0 * np.sqrt(1.0 - x * x)) * (np.abs(t) <= span / 2)
+        self._matrix = (kernel / kernel.sum(axis=1, keepdims=True)).astype(np.float32)
+        self._buf = np.zeros(history + self.in_size, np.float32)
+        assert history <= self.in_size  # 72 / 128 of a call's input: the history views never overlap
+        self._old, self._older, self._new = self._buf[:history], self._buf[self.in_size:], self._buf[history:]
 
     def reset(self) -> None:
-        """Empty, then pre-roll soxr with silence so that its start-up delay takes nothing from the bridge."""
-        self._n = 0
-        self._soxr = SoxrStream(RATE, self.rate, 1)
-        self._hop.fill(0.0)
-        while self._n < self.frames:
-            y = self._soxr.process(self._hop[:, None])[:, 0]
-            self._q[self._n:self._n + len(y)] = y
-            self._n += len(y)
+        self._buf.fill(0.0)
 
-    def fill(self, bridge: Any, out: np.ndarray) -> None:
-        """``out`` (``frames`` samples) from the bridge, through soxr."""
-        while self._n < self.frames:
-            bridge.read(self._hop)
-            y = self._soxr.process(self._hop[:, None])[:, 0]
-            self._q[self._n:self._n + len(y)] = y
-            self._n += len(y)
-        out[:] = self._q[:self.frames]
-        rest = self._n - self.frames
-        self._q[:rest] = self._q[self.frames:self._n]
-        self._n = rest
+    def process(self, x: np.ndarray, out: np.ndarray) -> None:
+        """Convert ``x`` (``in_size`` samples, any stride) into ``out`` (``out_size``, contiguous float32)."""
+        np.copyto(self._old, self._older)
+        np.copyto(self._new, x)
+        np.dot(self._matrix, self._buf, out=out)
+
+
+def converter(rate: int, up: bool) -> Optional[Polyphase | Rational]:
+    """The converter between 16 kHz and ``rate`` (``up``: to the device), or None at 16 kHz."""
+    if rate == RATE:
+        return None
+    factor = integer_factor(rate)
+    return Polyphase(factor, up) if factor else Rational(rate, up)
+
+
+def one_hop_per_call(rate: int) -> bool:
+    """Whether a call of `converter` at ``rate`` carries exactly one 128-sample hop at 16 kHz (not at 44.1 kHz).
+
+    A duplex callback, or a playback written from the capture callback,
+    needs that: each call's input hop is the next call's output.
+    """
+    return rate == RATE or SHIFT % (RATE // math.gcd(rate, RATE)) == 0
 
 
 def integer_factor(rate: int) -> int:
-    """``rate`` / 16000 when that is a whole number from 2 to 6, else 0 (soxr's case)."""
+    """``rate`` / 16000 when that is a whole number from 2 to 6 (`Polyphase`'s case), else 0."""
     q, r = divmod(rate, RATE)
     return q if r == 0 and 2 <= q <= 6 else 0

@@ -237,16 +237,18 @@ def test_shared_at_48k_resamples_by_fir(audio_dir, tmp_path):
     assert "= 28.5 algorithmic + 8.0 input + 0.0 buffer + 8.0 output" in out and summary_latency(out) == 44.5, out
 
 
-def test_shared_refuses_soxr_rates_and_auto_falls_back(audio_dir, tmp_path):
-    """44.1 kHz needs soxr: shared is a one-line config error (exit 78); auto runs two streams and says why."""
+def test_shared_refuses_rates_without_one_hop_per_period_and_auto_falls_back(audio_dir, tmp_path):
+    """44.1 kHz periods are 160 samples at 16 kHz: shared is a one-line config error (exit 78); auto runs
+    two streams and says why."""
     status, out, err = _on_rig(audio_dir, tmp_path / "shared", 44100, 441, "--clock", "shared")
     lines = err.strip().splitlines()
     assert status == 78, err
-    assert len(lines) == 1 and "44100 Hz needs soxr" in lines[0] and "use clock: separate" in lines[0], err
+    assert len(lines) == 1 and "a 44100 Hz period is not one 128-sample hop" in lines[0] \
+        and "use clock: separate" in lines[0], err
     status, out, err = _on_rig(audio_dir, tmp_path / "auto", 44100, 441, "--clock", "auto")
     assert status in (0, 1) and "Traceback" not in err, err
     assert "clock: auto chose separate: input and output are one device ('rig_duplex'), but clock: shared: " \
-           "44100 Hz needs soxr" in err, err
+           "a 44100 Hz period is not one 128-sample hop" in err, err
     assert "one duplex stream" not in err and "result:" in out, out
 
 

@@ -1,4 +1,4 @@
-"""No array is allocated on the real-time path: both callbacks and the clock bridge, at 16 and 48 kHz.
+"""No array is allocated on the real-time path: both callbacks and the clock bridge, at 16, 48 and 44.1 kHz.
 
 `rtcheck.temporaries` counts numpy data buffers alive at every C-call
 return inside the calls (tracemalloc's numpy domain), so even a temporary
@@ -57,7 +57,7 @@ print(p.in_rate, p.out_rate, fi, fo, extra, st.blocks)
 """
 
 
-@pytest.mark.parametrize("rate, period", [(16000, 128), (48000, 384)])
+@pytest.mark.parametrize("rate, period", [(16000, 128), (48000, 384), (44100, 441)])
 def test_callbacks_allocate_no_buffers(audio_dir: Path, tmp_path: Path, rate: int, period: int):
     r = Rig(require_rig(audio_dir.parent), tmp_path, "alloc", rate=rate, period=period)
     r.start()
