@@ -18,7 +18,7 @@ Callback duties (what the two callbacks do, and all they do):
   is not 16 kHz, runs the engine on each whole 128-sample hop (one, but for
   rates whose call is not a hop: 160 samples at 44.1 kHz make one or two,
   the rest waits for the next call), writes the results to the bridge and
-  records the call's time in the stats ring.
+  records the call's time per 128 samples in the stats ring.
 * The output callback counts the underflow flag, reads a call's worth of
   samples from the bridge (a hop; 160 at 44.1 kHz), converts 16 kHz to the
   device rate when needed, scales to the output format (round, clip) and
@@ -178,9 +178,12 @@ class AudioPipeline:
         self._queue_mic = np.zeros(n16 + SHIFT, np.float32)
         self._queue_far = np.zeros(n16 + SHIFT, np.float32)
         self._queued = 0
-        target = self._ring_blocks() * SHIFT + SHIFT // 2  # + half a block: the clocks' phase sweep
-        self.bridge = ClockBridge(target=target, block=SHIFT, stats=stats, slew=self.slew_blocks, write_size=n16)
         self._hop_read = np.zeros(self._up.in_size if self._up is not None else SHIFT, np.float32)
+        # + half a block: the clocks' phase sweep; + what a call writes beyond a block at most (44.1 kHz:
+        # two hops) and reads beyond one (160): a read may come just before such a write.
+        target = (self._ring_blocks() * SHIFT + SHIFT // 2 + SHIFT * (-(-n16 // SHIFT) - 1)
+                  + len(self._hop_read) - SHIFT)
+        self.bridge = ClockBridge(target=target, block=SHIFT, stats=stats, slew=self.slew_blocks, write_size=n16)
         dtype = FORMATS[s.output.format]
         out_block = self._up.out_size if self._up is not None else SHIFT
         in_block = self._down.in_size if self._down is not None else SHIFT
@@ -264,7 +267,8 @@ class AudioPipeline:
                 self.bridge.write(self._hop_out, t0)
             else:
                 self._hops(mic, far, t0)
-            stats.record(time.perf_counter_ns() - t0)
+            # Per 128 samples: a call of 160 (44.1 kHz) has 10 ms, so it is late only past its period.
+            stats.record((time.perf_counter_ns() - t0) * SHIFT // len(mic))
         except Exception as exc:  # never let an exception stop the stream
             stats.callback_errors += 1
             stats.last_error = exc

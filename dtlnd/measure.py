@@ -28,9 +28,9 @@ class BlockStats:
     """
 
     def __init__(self, size: int = 8192) -> None:
-        self.times = np.zeros(size, np.int64)  # engine ns per block, a ring
+        self.times = np.zeros(size, np.int64)  # engine ns per block (per 128 samples of a longer call), a ring
         self.size = size
-        self.blocks = 0  # input blocks processed
+        self.blocks = 0  # input blocks processed (calls, at a rate whose call is not one block)
         self.outputs = 0  # output callbacks served
         self.input_overflows = 0
         self.output_underflows = 0

@@ -253,3 +253,48 @@ def test_lost_time_is_counted_as_gaps():
     # The same at 48 kHz with 384-frame periods: counted in 16 kHz samples.
     st = run(48000, 3 * period, stalled)
     assert st.gaps == 3 and abs(st.gap_samples - 3 * 3200) <= 3 * period
+
+
+def one_clock_44k1(bridge: ClockBridge, seconds: float, reader_first: float, queued: int = 0,
+                   seed: int = 3) -> np.ndarray:
+    """As `one_clock` with 44.1 kHz's 10 ms periods: 160 samples a period, written as the hops they complete.
+
+    The writer queues 160 samples a period and writes each whole hop (one, or two every fourth
+    period), as `AudioPipeline` does; the reader reads 160.  ``reader_first``: the share of
+    periods in which the reader runs 0.1 ms before the writer (9.9 ms after its last write)
+    instead of 1 ms after it.  ``queued``: samples in the writer's queue at the start (which
+    period of the pattern primes the bridge).  Returns the output (a ramp of the input's
+    sample numbers, 0 while priming).
+    """
+    rng = np.random.default_rng(seed)
+    call = 160
+    out = np.zeros(call, np.float32)
+    outs, n = [], 0
+    for k in range(int(seconds * 100)):
+        t = k / 100
+        first = rng.random() < reader_first
+        for side in ("reader", "writer") if first else ("writer", "reader"):
+            if side == "writer":
+                queued += call
+                while queued >= BLOCK:
+                    bridge.write(np.arange(n, n + BLOCK, dtype=np.float32) + 1, now_ns=int(t * 1e9))
+                    n += BLOCK
+                    queued -= BLOCK
+            else:
+                bridge.read(out, now_ns=int((t + (-0.0001 if first else 0.001)) * 1e9))
+                outs.append(out.copy())
+    return np.concatenate(outs)
+
+
+@pytest.mark.parametrize("reader_first, queued", [(0.0, 0), (1.0, 0), (1.0, 96), (1.0, 128), (0.3, 0), (0.3, 64)])
+def test_ten_ms_calls_of_one_or_two_hops_on_one_clock_are_not_steps(reader_first, queued):
+    """At 44.1 kHz (`dtlnd.resample.Rational`: 160 samples a call) the fill a reader sees moves by up to
+    two hops within a period, and by the callbacks' order: nothing is dropped, repeated, missed or
+    resampled, whichever callback runs first, at the start (home is learned then) or at random."""
+    # AudioPipeline's target at 44.1 kHz: a hop more for the two-hop writes, 32 samples for the reads of 160.
+    bridge = ClockBridge(target=TARGET + BLOCK + 32, write_size=160)
+    out = one_clock_44k1(bridge, 30.0, reader_first, queued)
+    assert bridge.dropped == bridge.inserted == bridge.missed == bridge.resyncs == 0
+    assert not bridge.engaged and bridge.ratio == 1.0
+    played = out[out != 0]
+    assert np.array_equal(played, np.arange(played[0], played[0] + len(played), dtype=np.float32))

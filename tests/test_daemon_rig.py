@@ -214,25 +214,33 @@ def test_measured_delay_matches_cross_correlation(rig, audio_dir, tmp_path, mode
     n = 4 * RATE
     src = tmp_path / "src.wav"
     sf.write(src, np.stack([mic[:n], lpb[:n]], axis=1), RATE, subtype="FLOAT")
+    found, reported = probe_delay(rig, src, tmp_path, "--input", pcm, "--mode", mode, "--model", model, *OUT,
+                                  "--playback", playback)
+    print(f"{mode}: end-to-end delay by cross-correlation {found:.1f} ms, --measure reports {reported:.1f} ms")
+    assert abs(found - reported) <= 1000.0 * BLOCK / RATE / 2, \
+        f"cross-correlation {found:.1f} ms, --measure {reported:.1f} ms"
+
+
+def probe_delay(rig: Rig, src: Path, tmp_path: Path, *args: str) -> tuple[float, float]:
+    """(cross-correlated, reported) end-to-end delay in ms of ``run --measure ARGS`` on ``src`` played live.
+
+    ``aplay`` -> mic bus -> daemon -> loopback, both buses recorded in one JACK cycle, in a clean run.
+    """
     def attempt(i: int) -> tuple[np.ndarray, Proc]:
-        d = daemon(rig, "--input", pcm, "--mode", mode, "--model", model, *OUT, "--measure", "--playback", playback)
+        d = daemon(rig, *args, "--measure")
         d.wait_for("audio flowing")
         rec = Recorder(rig, tmp_path / f"probe{i}.raw", pcm="probe_mic_loop", channels=2)
         time.sleep(0.2)
         player = play(rig, src)
-        assert player.wait(30) == 0, player.stderr.read()
+        assert player.wait(30) == 0, player.stderr.read() if player.stderr else ""
         time.sleep(0.2)
         x = rec.stop()
         stop(d)
         return x, d
 
     x, d = until_clean(rig, attempt, lambda r: r[1].stdout)
-    reported = summary_latency(d.stdout)
     assert rms_dbfs(x[:, 0]) > -50 and rms_dbfs(x[:, 1]) > -60, "the probe recorded no speech"
-    found = 1000.0 * lag(x[:, 1], x[:, 0], max_lag=RATE // 2) / RATE
-    print(f"{mode}: end-to-end delay by cross-correlation {found:.1f} ms, --measure reports {reported:.1f} ms")
-    assert abs(found - reported) <= 1000.0 * BLOCK / RATE / 2, \
-        f"cross-correlation {found:.1f} ms, --measure {reported:.1f} ms"
+    return 1000.0 * lag(x[:, 1], x[:, 0], max_lag=rig.rate // 2) / rig.rate, summary_latency(d.stdout)
 
 
 # -- 4: loopback consumers come and go ------------------------------------------------------
