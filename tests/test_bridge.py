@@ -253,6 +253,12 @@ def test_lost_time_is_counted_as_gaps():
     # The same at 48 kHz with 384-frame periods: counted in 16 kHz samples.
     st = run(48000, 3 * period, stalled)
     assert st.gaps == 3 and abs(st.gap_samples - 3 * 3200) <= 3 * period
+    # One period whose frames never came (a JACK cycle skipped for the capture), amid the jitter above.
+    skipped = jittered.copy()
+    skipped[1500:] += period / 16000
+    for rate in (16000, 48000):
+        st = run(rate, period * rate // 16000, skipped)
+        assert st.gaps == 1 and abs(st.gap_samples - period) <= period // 4, (rate, st.gap_samples)
 
 
 def one_clock_44k1(bridge: ClockBridge, seconds: float, reader_first: float, queued: int = 0,
