@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from audio_util import read, snr_db
-from rig import RATE, Recorder, daemon, lag, sound_runs, write_raw
+from rig import RATE, TRIES, Recorder, daemon, lag, sound_runs, write_raw
 from test_daemon_rig import (  # noqa: F401 (rig, rig_folder, speech_raw: fixtures)
     AIRCON,
     EDGE,
@@ -140,7 +140,10 @@ def test_under_a_cpu_hog_the_output_is_exact_or_the_figures_say_why(rig, audio_d
     """File-fed NS beside CPU hogs: the loopback equals ``dtlnd process`` sample for sample, or --measure FAILs.
 
     A run whose audio was damaged while the daemon reported OK is the defect
-    this looks for (issue 9: "under load ... reported result: OK").
+    this looks for (issue 9: "under load ... reported result: OK"), unless
+    jackd itself lost time in it (`Rig.trouble`: a late ``arecord`` or
+    loopback client damages the recording after the daemon): such a run is
+    tried again, as `until_clean` does.
     """
     x = read(audio_dir / AIRCON)
     raw = write_raw(tmp_path / "in.raw", np.concatenate([x, np.zeros(RATE * 4, np.float32)]))
@@ -149,34 +152,40 @@ def test_under_a_cpu_hog_the_output_is_exact_or_the_figures_say_why(rig, audio_d
                         "dtln_ns_float", "--subtype", "FLOAT"], env=rig.env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     ref = read(offline)
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(HOGS)]
-    try:
-        rec = Recorder(rig, tmp_path / "loop.raw")
-        time.sleep(0.3)
-        d = daemon(rig, "--input", "rig_file_mic_in", "--model", "dtln_ns_float", *OUT, "--duration", "4",
-                   "--measure", env=run_env(rig, raw))
-        code = d.wait(60)
-        time.sleep(0.3)
-        y = rec.stop()[:, 0]
-    finally:
-        for h in hogs:
-            h.kill()
-            h.wait()
-    result = d.stdout.strip().splitlines()[-1]
-    print("\n" + "\n".join(line for line in d.stdout.splitlines() if not line.startswith("[")))
-    assert "Traceback" not in d.stderr and code in (0, 1), d.stderr
-    runs = sound_runs(y)
-    exact = False
-    if runs:
-        start, end = runs[0][0], runs[-1][1]
-        d_lag = lag(y, ref)
-        lo, hi = max(start, d_lag) + EDGE, min(end, d_lag + len(ref)) - EDGE
-        exact = hi - lo > 3 * RATE and np.array_equal(y[lo:hi], ref[lo - d_lag:hi - d_lag])
-        if not exact and hi > lo:
-            print(f"streamed vs offline: SNR {snr_db(ref[lo - d_lag:hi - d_lag], y[lo:hi]):.1f} dB")
-    if not exact:
-        assert code == 1 and result.startswith("  result: FAIL: "), f"damaged audio, yet {result!r}"
-    print(f"output exact: {exact}; {result.strip()}")
+    trouble = ""
+    for _ in range(TRIES):
+        since = rig.log_size()
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(HOGS)]
+        try:
+            rec = Recorder(rig, tmp_path / "loop.raw")
+            time.sleep(0.3)
+            d = daemon(rig, "--input", "rig_file_mic_in", "--model", "dtln_ns_float", *OUT, "--duration", "4",
+                       "--measure", env=run_env(rig, raw))
+            code = d.wait(60)
+            time.sleep(0.3)
+            y = rec.stop()[:, 0]
+        finally:
+            for h in hogs:
+                h.kill()
+                h.wait()
+        result = d.stdout.strip().splitlines()[-1]
+        print("\n" + "\n".join(line for line in d.stdout.splitlines() if not line.startswith("[")))
+        assert "Traceback" not in d.stderr and code in (0, 1), d.stderr
+        runs = sound_runs(y)
+        exact = False
+        if runs:
+            start, end = runs[0][0], runs[-1][1]
+            d_lag = lag(y, ref)
+            lo, hi = max(start, d_lag) + EDGE, min(end, d_lag + len(ref)) - EDGE
+            exact = hi - lo > 3 * RATE and np.array_equal(y[lo:hi], ref[lo - d_lag:hi - d_lag])
+            if not exact and hi > lo:
+                print(f"streamed vs offline: SNR {snr_db(ref[lo - d_lag:hi - d_lag], y[lo:hi]):.1f} dB")
+        print(f"output exact: {exact}; {result.strip()}")
+        if exact or (code == 1 and result.startswith("  result: FAIL: ")):
+            return
+        trouble = rig.trouble(since)
+        assert trouble, f"damaged audio, yet {result!r}, and jackd kept time"
+    pytest.skip(f"jackd itself lost time in all {TRIES} runs (the last: {trouble}): no run to judge")
 
 
 def test_a_nan_burst_is_counted_and_fails_the_run_and_sound_returns(rig, audio_dir, tmp_path):
