@@ -86,9 +86,9 @@ class LostTime:
     as lost time (``stats.gap_samples`` in 16 kHz samples, ``stats.gaps``
     times), about half a second after it happened.  Half a block, so that
     one lost period (a JACK cycle skipped for the capture) counts: on the
-    test rig the floor otherwise moved by 7 samples at most in a minute
-    (once 27), quiet or under a CPU hog, and a skipped cycle raised it by
-    128-131.  The floor follows slow drift between the device's crystal and
+    test rig the floor otherwise moved by 7 samples at most (once 27) in
+    two 40 s runs, quiet and beside a CPU hog, and a skipped cycle raised
+    it by 128-131.  The floor follows slow drift between the device's crystal and
     the system clock both ways (0.1 % is 4 samples per window), so drift is
     never a gap.
     """
