@@ -10,10 +10,10 @@ thread's wake-up per hop.
 `DuplexPipeline` is an `AudioPipeline` whose two streams are one: the
 per-block work (lost-time check, FIR resampling, engine call, format
 conversion, counters) is the parent's two callbacks, called back to back
-from the duplex callback, with a `DirectBridge` between them.  That
-bridge holds one hop, so rates whose period is not one hop at 16 kHz
-(44.1 kHz: 160 samples, `dtlnd.resample.one_hop_per_call`) are refused:
-those devices need ``clock: separate``.
+from the duplex callback, with a `DirectBridge` between them: it holds
+one hop.  For rates whose period is not one hop at 16 kHz (44.1 kHz: 160
+samples) a `DirectFifo` holds the few samples the hops written get behind
+the period read (96 at 44.1 kHz: 6 ms more delay).
 
 `choose_clock` decides ``clock: auto``; `open_pipeline` builds the pipeline
 the setting asks for.
@@ -22,13 +22,14 @@ the setting asks for.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
-from . import devices, resample
+from . import devices
 from .audio import AudioPipeline
 from .config import Settings
 from .constants import SHIFT
@@ -78,6 +79,65 @@ class DirectBridge:
             self.stats.missed += 1
 
 
+class DirectFifo:
+    """The duplex hand-off for periods that are not one hop: a FIFO, no drift control.
+
+    At 44.1 kHz a period is 160 samples at 16 kHz: the input side writes
+    one or two hops per callback, the output side reads 160.  The FIFO
+    starts with ``prefill`` zeros, 128 - gcd(period, 128) (96 at 44.1 kHz):
+    the most the reads get ahead of the writes over the pattern, so that no
+    read runs short.  That is the only delay it adds (``latency_samples``).
+    A read that finds too few samples (the engine call failed) plays
+    silence, takes nothing and counts a miss; a fill past the buffer (only
+    after many of those) starts again from the prefill, counted as a resync.
+    It has the parts of `ClockBridge` the pipeline uses.
+    """
+
+    def __init__(self, stats: BlockStats, period: int) -> None:
+        """``period``: the 16 kHz samples of one device period, what each read takes (not 128)."""
+        self.stats = stats
+        self.prefill = SHIFT - math.gcd(period, SHIFT)
+        self.latency_samples = float(self.prefill)
+        self._buf = np.zeros(4 * (period + SHIFT), np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        self._buf.fill(0.0)
+        self._read = 0
+        self._written = self.prefill
+
+    def write(self, block: np.ndarray, now_ns: Optional[int] = None) -> None:
+        n = len(block)
+        if self._written - self._read + n > len(self._buf):
+            self.reset()
+            self.stats.resyncs += 1
+        self._copy(block, self._written, into_ring=True)
+        self._written += n
+
+    def read(self, out: np.ndarray, now_ns: Optional[int] = None) -> None:
+        n = len(out)
+        if self._written - self._read < n:
+            out.fill(0.0)
+            self.stats.missed += 1
+            return
+        self._copy(out, self._read, into_ring=False)
+        self._read += n
+
+    def _copy(self, data: np.ndarray, pos: int, into_ring: bool) -> None:
+        """``data`` to or from the ring at ``pos``: one slice, or two where it wraps."""
+        buf, n = self._buf, len(data)
+        at = pos % len(buf)
+        first = min(n, len(buf) - at)
+        if into_ring:
+            buf[at:at + first] = data[:first]
+            if first < n:
+                buf[:n - first] = data[first:]
+        else:
+            data[:first] = buf[at:at + first]
+            if first < n:
+                data[first:] = buf[:n - first]
+
+
 class DuplexPipeline(AudioPipeline):
     """One duplex stream for input and output; same interface as `AudioPipeline`."""
 
@@ -93,15 +153,14 @@ class DuplexPipeline(AudioPipeline):
             raise ConfigError(f"clock: shared needs one rate for both directions, but the input runs at "
                               f"{in_rate} Hz and the output at {out_rate} Hz: set input.rate and "
                               "output.rate alike, or use clock: separate")
-        if not resample.one_hop_per_call(in_rate):
-            raise ConfigError(f"clock: shared: a {in_rate} Hz period is not one 128-sample hop at 16 kHz, "
-                              "as one duplex callback needs: use clock: separate, or a rate such as 48000")
         super().__init__(settings, processor, stats, on_finished)
 
     def _open_streams(self, n_in: int, dtype: str, in_block: int, out_block: int,
                       on_finished: Optional[Callable[[], None]]) -> None:
         """Open one duplex stream (called by `AudioPipeline.__init__`)."""
-        self.bridge = DirectBridge(self.stats)  # type: ignore[assignment]
+        period = len(self._hop_read)
+        self.bridge = (DirectBridge(self.stats) if period == SHIFT  # type: ignore[assignment]
+                       else DirectFifo(self.stats, period))
         self._rt["output"] = True  # one thread: the input side's request covers it
         self._xruns = XrunWatch(self.stats)
         sd = devices.sd()
@@ -120,6 +179,15 @@ class DuplexPipeline(AudioPipeline):
         """The parent's two callbacks, in order: each catches and counts its own errors."""
         self._input_callback(indata, frames, t, status)
         self._output_callback(outdata, frames, t, status)
+
+    def _queue_delay(self) -> float:
+        """None of its own: the hops' wait for a whole period is in the FIFO's prefill (`DirectFifo`).
+
+        The output's 16 kHz sample ``p`` is the engine's output ``p -
+        prefill``, whatever the pattern of hops, so the path's delay is the
+        prefill, not a mean wait.
+        """
+        return 0.0
 
     def describe(self) -> str:
         return super().describe() + ", one duplex stream (clock: shared)"

@@ -154,8 +154,8 @@ def converter(rate: int, up: bool) -> Optional[Polyphase | Rational]:
 def one_hop_per_call(rate: int) -> bool:
     """Whether a call of `converter` at ``rate`` carries exactly one 128-sample hop at 16 kHz (not at 44.1 kHz).
 
-    A duplex callback, or a playback written from the capture callback,
-    needs that: each call's input hop is the next call's output.
+    A playback written from the capture callback (`dtlnd.push`) needs
+    that: it counts its device's queue in hops.
     """
     return rate == RATE or SHIFT % (RATE // math.gcd(rate, RATE)) == 0
 

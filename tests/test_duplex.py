@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dtlnd import config
-from dtlnd.duplex import XRUN_LIMIT, XRUN_WINDOW, DirectBridge, XrunWatch, card_of, choose_clock, read_cards
+from dtlnd.duplex import XRUN_LIMIT, XRUN_WINDOW, DirectBridge, DirectFifo, XrunWatch, card_of, choose_clock, read_cards
 from dtlnd.errors import ConfigError
 from dtlnd.measure import BlockStats
+from dtlnd.resample import converter
 
 CARDS = """\
  0 [Headphones     ]: bcm2835_headpho - bcm2835 Headphones
@@ -97,6 +99,31 @@ def test_direct_bridge_passes_the_hop_and_counts_a_missing_one():
     b.reset()
     b.read(out)
     assert not out.any() and stats.missed == 2
+
+
+@pytest.mark.parametrize("rate", [44100, 22050, 11025, 88200])
+def test_direct_fifo_never_runs_short_and_delays_by_its_prefill(rate):
+    """The duplex callback's pattern: a period's 16 kHz samples queue up, every whole hop is written, then a
+    period is read.  No read may run short, and the output is the input delayed by exactly the prefill."""
+    conv = converter(rate, up=False)
+    assert conv is not None
+    period = conv.out_size
+    stats = BlockStats()
+    b = DirectFifo(stats, period)
+    assert period != 128 and b.prefill == 128 - math.gcd(period, 128)  # 11025 Hz: 640, five whole hops
+    signal = np.arange(1, 200 * period + 1, dtype=np.float32)  # every sample told apart by its value
+    queued, pos, out, got = 0, 0, np.zeros(period, np.float32), []
+    for _ in range(200):
+        queued += period
+        while queued >= 128:
+            b.write(signal[pos:pos + 128])
+            pos, queued = pos + 128, queued - 128
+        b.read(out)
+        got.append(out.copy())
+    y = np.concatenate(got)
+    assert stats.missed == 0 and stats.resyncs == 0
+    assert not y[:b.prefill].any()
+    assert np.array_equal(y[b.prefill:], signal[:len(y) - b.prefill])
 
 
 def test_xrun_advice_once_when_xruns_keep_coming():
