@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from audio_util import read, snr_db
-from rig import RATE, TRIES, Recorder, daemon, lag, sound_runs, write_raw
+from rig import RATE, TRIES, Proc, Recorder, Rig, daemon, lag, sound_runs, write_raw
 from test_daemon_rig import (  # noqa: F401 (rig, rig_folder, speech_raw: fixtures)
     AIRCON,
     EDGE,
@@ -33,6 +33,17 @@ from test_daemon_rig import (  # noqa: F401 (rig, rig_folder, speech_raw: fixtur
 
 HOGS = 1  # one spinning process beside the daemon, the rig and whatever else loads this machine
 SUMMARY_LOST = re.compile(r"^  lost audio: (\d+) gaps, (\d+) ms;", re.MULTILINE)
+
+
+def recorded_run(rig: Rig, tmp_path: Path, raw: Path, seconds: int) -> tuple[int, Proc, np.ndarray]:
+    """``run --measure`` of NS on ``raw`` fed as the microphone for ``seconds``: (its status, it, the loopback)."""
+    rec = Recorder(rig, tmp_path / "loop.raw")
+    time.sleep(0.3)
+    d = daemon(rig, "--input", "rig_file_mic_in", "--model", "dtln_ns_float", *OUT, "--duration", str(seconds),
+               "--measure", env=run_env(rig, raw))
+    code = d.wait(60)
+    time.sleep(0.3)
+    return code, d, rec.stop()[:, 0]
 
 
 def status(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -157,13 +168,7 @@ def test_under_a_cpu_hog_the_output_is_exact_or_the_figures_say_why(rig, audio_d
         since = rig.log_size()
         hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(HOGS)]
         try:
-            rec = Recorder(rig, tmp_path / "loop.raw")
-            time.sleep(0.3)
-            d = daemon(rig, "--input", "rig_file_mic_in", "--model", "dtln_ns_float", *OUT, "--duration", "4",
-                       "--measure", env=run_env(rig, raw))
-            code = d.wait(60)
-            time.sleep(0.3)
-            y = rec.stop()[:, 0]
+            code, d, y = recorded_run(rig, tmp_path, raw, 4)
         finally:
             for h in hogs:
                 h.kill()
@@ -199,13 +204,7 @@ def test_a_nan_burst_is_counted_and_fails_the_run_and_sound_returns(rig, audio_d
     x[burst] = np.nan
     x[burst.start::7][:200] = np.inf
     raw = write_raw(tmp_path / "in.raw", np.concatenate([x, np.zeros(RATE * 4, np.float32)]))
-    rec = Recorder(rig, tmp_path / "loop.raw")
-    time.sleep(0.3)
-    d = daemon(rig, "--input", "rig_file_mic_in", "--model", "dtln_ns_float", *OUT, "--duration", "6",
-               "--measure", env=run_env(rig, raw))
-    code = d.wait(60)
-    time.sleep(0.3)
-    y = rec.stop()[:, 0]
+    code, d, y = recorded_run(rig, tmp_path, raw, 6)
     print("\n" + "\n".join(line for line in d.stdout.splitlines() if not line.startswith("[")))
     assert code == 1, d.stdout + d.stderr
     assert np.isfinite(y).all(), "non-finite samples reached the loopback"
