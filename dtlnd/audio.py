@@ -88,9 +88,9 @@ class LostTime:
     one lost period (a JACK cycle skipped for the capture) counts: on the
     test rig the floor otherwise moved by 7 samples at most (once 27) in
     two 40 s runs, quiet and beside a CPU hog, and a skipped cycle raised
-    it by 128-131.  The floor follows slow drift between the device's crystal and
-    the system clock both ways (0.1 % is 4 samples per window), so drift is
-    never a gap.
+    it by 128-131.  The floor follows slow drift between the device's
+    crystal and the system clock both ways (0.1 % is 4 samples per
+    window), so drift is never a gap.
     """
 
     WINDOW = 32
