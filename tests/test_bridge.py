@@ -253,6 +253,12 @@ def test_lost_time_is_counted_as_gaps():
     # The same at 48 kHz with 384-frame periods: counted in 16 kHz samples.
     st = run(48000, 3 * period, stalled)
     assert st.gaps == 3 and abs(st.gap_samples - 3 * 3200) <= 3 * period
+    # A 200 ms stall whose last block shows a window later (seen on the rig: 192 ms, then 8): one gap.
+    tail = regular.copy()
+    tail[700:] += 0.2 - period / 16000
+    tail[740:] += period / 16000
+    st = run(16000, period, tail)
+    assert st.gaps == 1 and abs(st.gap_samples - 3200) <= period // 4, (st.gaps, st.gap_samples)
     # One period whose frames never came (a JACK cycle skipped for the capture), amid the jitter above.
     skipped = jittered.copy()
     skipped[1500:] += period / 16000
